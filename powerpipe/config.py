@@ -1,0 +1,239 @@
+"""The pipeline declared as data: load ``pipeline.yaml``, expand grids, check them against the notebooks.
+
+Stages always run in this order; each is optional except ``train``:
+
+    process -> train -> compare -> promote -> report
+
+Notebook paths are relative to ``root`` (itself relative to the YAML file), by default the project root.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .exceptions import ConfigError
+from .parameterize import check_values, read_parameters
+
+STAGES = ("process", "train", "compare", "promote", "report")
+METRICS = ("rmse", "mae", "r2") + tuple(f"{t}_{m}" for t in ("solar", "wind") for m in ("rmse", "mae", "r2"))
+
+# Parameters the runner itself passes to each stage's notebook; they must exist in its parameters cell.
+RUNTIME_PARAMETERS = {
+    "process": ("input_path", "output_path"),
+    "train": ("data_path",),
+    "compare": ("parent_run_id", "metric", "goal"),
+    "report": ("model_uri", "data_path", "synthetic_data"),
+}
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """One notebook of a stage with its fixed parameters and its grid (lists of values per key)."""
+
+    stage: str
+    notebook: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+    where: str = ""  # "file: stages.train[1]" for messages
+
+    @property
+    def name(self) -> str:
+        return self.notebook.stem
+
+    def grid_points(self) -> list["GridPoint"]:
+        keys = list(self.grid)
+        points = []
+        for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
+            varying = dict(zip(keys, values))
+            points.append(GridPoint(self, {**self.parameters, **varying}, varying))
+        return points
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    spec: NotebookSpec
+    parameters: dict[str, Any]
+    varying: dict[str, Any]
+
+    @property
+    def stage(self) -> str:
+        return self.spec.stage
+
+    @property
+    def label(self) -> str:
+        """File-name-safe name built from the notebook and the grid values: ``model_rf__max_depth_4``."""
+        parts = [self.spec.name] + [f"{k}_{_slug(v)}" for k, v in self.varying.items()]
+        return "__".join(parts)
+
+
+@dataclass(frozen=True)
+class PromoteSpec:
+    metric: str = "rmse"
+    goal: str = "minimize"
+    model_name: str = "BestModel"
+    alias: str = "production"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    path: Path
+    experiment: str
+    timeout: float | None
+    process: NotebookSpec | None
+    train: list[NotebookSpec]
+    compare: NotebookSpec | None
+    promote: PromoteSpec | None
+    report: NotebookSpec | None
+
+    def training_points(self) -> list[GridPoint]:
+        return [point for spec in self.train for point in spec.grid_points()]
+
+    def notebook_specs(self) -> list[NotebookSpec]:
+        return [s for s in [self.process, *self.train, self.compare, self.report] if s is not None]
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-") or "x"
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Parse and check a pipeline file; ConfigError names the file and the key at fault."""
+    import yaml
+
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"pipeline config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    _no_unknown(raw, {"experiment", "root", "timeout", "stages"}, str(path))
+
+    root_value = _typed(raw, "root", str, path, ".", default=None)
+    root = (path.parent / root_value).resolve() if root_value is not None else paths.PROJECT_ROOT
+    experiment = _typed(raw, "experiment", str, path, "experiment", default="predicting_wind_solar")
+    timeout = _typed(raw, "timeout", (int, float), path, "timeout", default=None)
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"{path}: key 'timeout' must be a positive number of seconds, got {timeout}")
+
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{path}: key 'stages' must be a mapping of {', '.join(STAGES)}")
+    _no_unknown(stages, set(STAGES), f"{path}: stages")
+    if "train" not in stages:
+        raise ConfigError(f"{path}: stages.train is required")
+    train_raw = stages["train"]
+    if not isinstance(train_raw, list) or not train_raw:
+        raise ConfigError(f"{path}: stages.train must be a non-empty list of notebooks")
+
+    def notebook_spec(stage: str, entry: Any, key: str) -> NotebookSpec:
+        where = f"{path}: {key}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping with a 'notebook' key")
+        _no_unknown(entry, {"notebook", "parameters", "grid"}, where)
+        notebook = entry.get("notebook")
+        if not isinstance(notebook, str) or not notebook:
+            raise ConfigError(f"{where}.notebook must name a notebook file")
+        notebook_path = (root / notebook).resolve()
+        if not notebook_path.is_file():
+            raise ConfigError(f"{where}.notebook: notebook not found: {notebook_path}")
+        parameters = entry.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"{where}.parameters must be a mapping")
+        grid = entry.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"{where}.grid must be a mapping of parameter to a list of values")
+        for name, values in grid.items():
+            if not isinstance(values, list):
+                raise ConfigError(f"{where}.grid.{name} must be a list of values, got {values!r}")
+            if not values:
+                raise ConfigError(f"{where}.grid.{name} is an empty list: the grid would have no points")
+        return NotebookSpec(stage, notebook_path, dict(parameters), dict(grid), where)
+
+    train = [notebook_spec("train", e, f"stages.train[{i}]") for i, e in enumerate(train_raw)]
+    single = {
+        stage: notebook_spec(stage, stages[stage], f"stages.{stage}") if stages.get(stage) is not None else None
+        for stage in ("process", "compare", "report")
+    }
+    for stage in ("process", "compare", "report"):
+        if single[stage] is not None and single[stage].grid:
+            raise ConfigError(f"{path}: stages.{stage} runs once; a grid is allowed only in stages.train")
+
+    promote = None
+    if stages.get("promote") is not None:
+        entry = stages["promote"]
+        where = f"{path}: stages.promote"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        _no_unknown(entry, {"metric", "goal", "model_name", "alias"}, where)
+        metric = _typed(entry, "metric", str, path, "stages.promote.metric", default="rmse")
+        if metric not in METRICS:
+            raise ConfigError(f"{where}.metric: unknown metric {metric!r}; one of {', '.join(METRICS)}")
+        goal = _typed(entry, "goal", str, path, "stages.promote.goal",
+                      default="maximize" if metric.endswith("r2") else "minimize")
+        if goal not in ("minimize", "maximize"):
+            raise ConfigError(f"{where}.goal must be 'minimize' or 'maximize', got {goal!r}")
+        promote = PromoteSpec(
+            metric=metric,
+            goal=goal,
+            model_name=_typed(entry, "model_name", str, path, "stages.promote.model_name", default="BestModel"),
+            alias=_typed(entry, "alias", str, path, "stages.promote.alias", default="production"),
+        )
+    if single["report"] is not None and promote is None:
+        raise ConfigError(f"{path}: stages.report needs stages.promote (the report uses the promoted model)")
+
+    return PipelineConfig(path, experiment, timeout, single["process"], train, single["compare"], promote,
+                          single["report"])
+
+
+def validate_parameters(config: PipelineConfig) -> None:
+    """Check every grid key and value, and the runner's own parameters, against each notebook."""
+    for spec in config.notebook_specs():
+        runtime = RUNTIME_PARAMETERS.get(spec.stage, ())
+        declared = read_parameters(spec.notebook)
+        missing = [key for key in runtime if key not in declared]
+        if missing:
+            raise ConfigError(
+                f"{config.path}: {spec.where}: notebook {spec.notebook} must declare parameter(s) "
+                f"{', '.join(missing)} in its parameters cell (the runner sets them)"
+            )
+        overridden = [key for key in (*spec.parameters, *spec.grid) if key in runtime]
+        if overridden:
+            raise ConfigError(
+                f"{config.path}: {spec.where}: parameter '{overridden[0]}' is set by the runner and cannot be "
+                "given in the config"
+            )
+        check_values(spec.notebook, spec.parameters, f"{config.path}: {spec.where}.parameters")
+        for key, values in spec.grid.items():
+            for value in values:
+                check_values(spec.notebook, {key: value}, f"{config.path}: {spec.where}.grid.{key}")
+
+
+def _no_unknown(mapping: dict, allowed: set[str], where: str) -> None:
+    import difflib
+
+    for key in mapping:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            raise ConfigError(
+                f"{where}: unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+def _typed(mapping: dict, key: str, kind, path: Path, where: str, default: Any) -> Any:
+    value = mapping.get(key, default)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{path}: key '{where}' must be {names}, got {value!r} ({type(value).__name__})")
+    return value

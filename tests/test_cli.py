@@ -1,0 +1,53 @@
+"""The runner's command line: fast help and dry run, clear errors without tracebacks, nothing logged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from powerpipe import paths
+
+RUNNER = [sys.executable, str(paths.RUNNER_DIR / "run_all.py")]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*RUNNER, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_help():
+    result = run("--help")
+    assert result.returncode == 0
+    for flag in ("--config", "--data", "--tracking-uri", "--outputs", "--dry-run"):
+        assert flag in result.stdout
+
+
+def test_dry_run_lists_every_execution_and_runs_nothing(tmp_path):
+    result = run("--dry-run", "--outputs", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("train") for line in lines) == 15
+    assert "n_estimators=64, max_depth=10" in result.stdout
+    assert "18 notebook executions planned" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_grid_key_stops_before_anything_runs(tmp_path):
+    config = tmp_path / "bad.yaml"
+    nb = paths.NOTEBOOKS_DIR / "model_rf.ipynb"
+    config.write_text(f"stages:\n  train:\n    - notebook: {nb}\n      grid:\n        n_estimator: [4]\n")
+    result = run("--config", str(config), "--outputs", str(tmp_path / "out"), "--data", "synthetic")
+    assert result.returncode == 2
+    assert "n_estimator" in result.stderr and "did you mean 'n_estimators'" in result.stderr
+    assert str(config) in result.stderr and "model_rf.ipynb" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # no run folder, no tracking store
+
+
+def test_bad_data_file_is_named(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("utc_timestamp,solar_GW\n2016-01-01 00:00:00+00:00,1.0\n")
+    result = run("--config", str(paths.SMOKE_CONFIG), "--data", str(bad), "--outputs", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "missing required column(s)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,56 @@
+"""Executing notebooks for real: success, a raising cell, and a stale kernelspec elsewhere on the machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import nbformat
+
+from powerpipe.execute import execute
+
+
+def test_works_runs_on_project_interpreter_despite_stale_kernelspec(tmp_path, notebooks, monkeypatch):
+    stale = tmp_path / "jupyter" / "kernels" / "python3"
+    stale.mkdir(parents=True)
+    (stale / "kernel.json").write_text(json.dumps({
+        "argv": ["/nonexistent/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Stale Python", "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    out = tmp_path / "out" / "works.ipynb"
+    result = execute(notebooks["works"], out, {"x": 21}, env={"POWERPIPE_TEST_MARK": "1"})
+    assert result.ok, result.error
+    assert result.scraps["metrics"]["rmse"] == 42.0
+    assert result.scraps["python"] == sys.executable
+    assert out.exists() and result.output_html.exists()
+    executed = nbformat.read(out, as_version=4)
+    assert any("result 42" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "x = 21" in "".join(c.source for c in executed.cells)  # papermill's injected parameters
+
+
+def test_raising_notebook_is_written_with_failing_cell_marked(tmp_path, notebooks):
+    out = tmp_path / "out" / "raises.ipynb"
+    result = execute(notebooks["raises"], out, {"x": 7})
+    assert not result.ok
+    assert "ValueError: broken on purpose with x=7" in result.error
+    executed = nbformat.read(out, as_version=4)
+    assert "An Exception was encountered" in executed.cells[0].source  # papermill's banner at the top
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert any(o.get("output_type") == "error" for o in outputs)
+    assert any("before the error" in o.get("text", "") for o in outputs)
+    assert result.output_html.exists() and "broken on purpose" in result.output_html.read_text()
+
+
+def test_kernel_environment_carries_run_without_writing_it_into_the_notebook(tmp_path):
+    from .conftest import make_notebook
+
+    nb = make_notebook(tmp_path / "env.ipynb", "x: int = 1",
+                       "import os, scrapbook as sb\nsb.glue('uri', os.environ['MLFLOW_TRACKING_URI'], display=False)")
+    secret = "https://user:s3cret@tracking.example/"
+    out = tmp_path / "out" / "env.ipynb"
+    result = execute(nb, out, {}, env={"MLFLOW_TRACKING_URI": secret}, render=False)
+    assert result.ok and result.scraps["uri"] == secret
+    # The scrap itself holds it here only because this test glued it; the parameters cell does not.
+    source = "".join(c.source for c in nbformat.read(out, as_version=4).cells)
+    assert "s3cret" not in source

@@ -1,0 +1,131 @@
+"""The whole smoke pipeline, run once for real: notebooks, MLflow runs, promotion, report, summary.json."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import nbformat
+import pytest
+
+from powerpipe import data
+
+pytestmark = pytest.mark.slow
+
+SMOKE_TRAINING_POINTS = 4  # linreg + 2 random forests + 1 keras
+
+
+@pytest.fixture(scope="module")
+def summary(smoke_run):
+    return json.loads((smoke_run["run_dir"] / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def client(smoke_run):
+    return mlflow.MlflowClient(smoke_run["tracking_uri"])
+
+
+def test_exit_code_and_summary_shape(smoke_run, summary):
+    assert smoke_run["exit_code"] == 0
+    assert summary["status"] == "ok"
+    assert set(summary) == {"pipeline_run_id", "mlflow_parent_run_id", "status", "started", "finished", "data",
+                            "grid_points", "promoted", "report"}
+    assert summary["pipeline_run_id"] == smoke_run["run_dir"].name
+    assert summary["data"]["source"] == "synthetic"
+    assert summary["data"]["sha256"] == data.file_sha256(smoke_run["run_dir"] / summary["data"]["path"])
+    stages = [p["stage"] for p in summary["grid_points"]]
+    assert stages == ["process"] + ["train"] * SMOKE_TRAINING_POINTS + ["compare", "report"]
+    for point in summary["grid_points"]:
+        assert set(point) >= {"stage", "notebook", "parameters", "status", "metrics", "mlflow_run_id",
+                              "output_notebook", "seconds"}
+        assert point["status"] == "ok"
+        assert (smoke_run["run_dir"] / point["output_notebook"]).is_file()  # relative to the summary
+
+
+def test_executed_notebooks_have_outputs_in_a_browsable_layout(smoke_run, summary):
+    run_dir = smoke_run["run_dir"]
+    expected = {
+        "process/make_processed_data.ipynb",
+        "train/model_linreg/model_linreg.ipynb",
+        "train/model_rf/model_rf__n_estimators_2__max_depth_2.ipynb",
+        "train/model_rf/model_rf__n_estimators_2__max_depth_4.ipynb",
+        "train/model_keras/model_keras__batch_size_512.ipynb",
+        "compare/compare_runs.ipynb",
+        "report/weekly_report.ipynb",
+    }
+    assert {p["output_notebook"] for p in summary["grid_points"]} == expected
+    for relative in expected:
+        nb = nbformat.read(run_dir / relative, as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), relative
+        if not relative.startswith("report/"):
+            assert (run_dir / relative).with_suffix(".html").is_file()
+
+
+def test_child_runs_metrics_params_and_notebook_artifacts(smoke_run, summary, client):
+    parent = client.get_run(summary["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["powerpipe.synthetic_data"] == "true"
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == len(summary["grid_points"])
+    training = [r for r in children if r.data.tags["powerpipe.stage"] == "train"]
+    assert len(training) == SMOKE_TRAINING_POINTS
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert re.fullmatch(r"[0-9a-f]{64}", run.data.tags["powerpipe.notebook_sha256"])
+        assert run.data.tags["powerpipe.data_sha256"] == parent.data.tags["powerpipe.processed_data_sha256"]
+        assert "mlflow.source.git.commit" in run.data.tags
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "notebook")}
+        stem = run.info.run_name
+        assert f"notebook/{stem}.ipynb" in artifacts
+        if run.data.tags["powerpipe.stage"] != "report":
+            assert f"notebook/{stem}.html" in artifacts
+    for run in training:
+        for key in ("rmse", "mae", "r2", "solar_rmse", "solar_mae", "solar_r2", "wind_rmse", "wind_mae", "wind_r2"):
+            assert key in run.data.metrics, (run.info.run_name, key)
+        assert "actual_vs_predicted.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        point = next(p for p in summary["grid_points"] if p["mlflow_run_id"] == run.info.run_id)
+        assert point["metrics"]["rmse"] == pytest.approx(run.data.metrics["rmse"])
+        for key, value in point["parameters"].items():
+            assert run.data.params[key] == str(value)
+    keras = next(r for r in training if r.data.tags["powerpipe.notebook"] == "model_keras.ipynb")
+    assert len(client.get_metric_history(keras.info.run_id, "loss")) == 2  # autolog, one per epoch
+
+
+def test_best_run_by_rmse_has_the_production_alias(smoke_run, summary, client):
+    training = [p for p in summary["grid_points"] if p["stage"] == "train"]
+    best = min(training, key=lambda p: p["metrics"]["rmse"])
+    version = client.get_model_version_by_alias("BestModel", "production")
+    assert version.run_id == best["mlflow_run_id"]
+    assert summary["promoted"] == {"name": "BestModel", "version": str(version.version),
+                                   "run_id": best["mlflow_run_id"], "metric": "rmse",
+                                   "value": pytest.approx(best["metrics"]["rmse"])}
+    assert version.tags["powerpipe.pipeline_run_id"] == summary["pipeline_run_id"]
+    mlflow.set_tracking_uri(smoke_run["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/BestModel@production")
+    frame = data.load_processed(smoke_run["run_dir"] / "data" / "germany.csv").head(3)
+    assert model.predict(frame[data.FEATURES]).shape == (3, 2)
+
+
+def test_report_is_standalone_html_without_code(smoke_run, summary, client):
+    assert summary["report"] == "report/weekly_report.html"
+    html = (smoke_run["run_dir"] / summary["report"]).read_text()
+    version = summary["promoted"]["version"]
+    assert f"BestModel version {version}" in html
+    assert "SYNTHETIC DATA" in html
+    assert "jp-CodeCell" in html and "jp-InputArea-editor" not in html.split("</style>")[-1]
+    assert "import mlflow" not in html and "figures.show" not in html
+    assert html.count("plotly-graph-div") >= 2 and "Plotly.newPlot" in html
+    assert not re.search(r"<script[^>]+src=\"https?://", html)  # nothing fetched from a CDN
+    parent_artifacts = {a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "report")}
+    assert "report/weekly_report.html" in parent_artifacts
+
+
+def test_compare_notebook_shows_leaderboard(smoke_run, client, summary):
+    nb = nbformat.read(smoke_run["run_dir"] / "compare" / "compare_runs.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs") for c in nb.cells if c.cell_type == "code"])
+    assert "model_rf.ipynb" in text and "model_keras.ipynb" in text
+    compare = next(p for p in summary["grid_points"] if p["stage"] == "compare")
+    artifacts = {a.path for a in client.list_artifacts(compare["mlflow_run_id"])}
+    assert {"leaderboard.csv", "keras_loss_curves.png"} <= artifacts
