@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the outputs folder)")
     parser.add_argument("--outputs", type=Path, default=paths.OUTPUTS_DIR,
                         help="folder for pipeline runs and the default tracking store (default: outputs/)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="notebooks run at once, each on its own kernel (default: the number of CPU cores)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds one notebook may run before it is stopped and failed (default: the config's)")
+    parser.add_argument("--fresh-kernels", action="store_true",
+                        help="a new kernel for every notebook, nothing preloaded (slower; the classic papermill way)")
+    parser.add_argument("--force", action="store_true",
+                        help="run every grid point, even those with an earlier FINISHED run of the same inputs")
+    parser.add_argument("--force-promote", action="store_true",
+                        help="promote the best new run even if it does not beat the current production model")
+    parser.add_argument("--reproduce", metavar="RUN_ID",
+                        help="re-execute one recorded grid point from its notebook source, parameters and data, "
+                             "and check that its metrics match")
     parser.add_argument("--dry-run", action="store_true", help="print each notebook and its parameters; run nothing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow here and in the kernels
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     if not args.debug:
@@ -51,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             return dry_run(args.config)
+        if args.reproduce:
+            return reproduce(args)
         return run(args)
     except PipelineError as exc:
         if args.debug:
@@ -77,8 +96,11 @@ def dry_run(config_path: Path) -> int:
 def run(args) -> int:
     from .pipeline import OK, RunOptions, run_pipeline
 
-    options = RunOptions(config=args.config, data=args.data, tracking_uri=args.tracking_uri,
-                         outputs=args.outputs, progress=not args.quiet)
+    if args.jobs < 1:
+        raise PipelineError(f"--jobs must be at least 1, got {args.jobs}")
+    options = RunOptions(config=args.config, data=args.data, tracking_uri=args.tracking_uri, outputs=args.outputs,
+                         jobs=args.jobs, reuse_kernels=not args.fresh_kernels, timeout=args.timeout,
+                         force=args.force, force_promote=args.force_promote, progress=not args.quiet)
     bar = None
 
     def on_start(pipeline, total: int) -> None:
@@ -106,6 +128,15 @@ def run(args) -> int:
     return EXIT_OK if summary["status"] == OK else EXIT_FAILED
 
 
+def reproduce(args) -> int:
+    from .reproduce import reproduce_run
+
+    outcome = reproduce_run(args.reproduce, tracking_uri=args.tracking_uri, outputs=args.outputs,
+                            data_path=None if args.data == "auto" else args.data, timeout=args.timeout)
+    print(outcome.report())
+    return EXIT_OK if outcome.matches else EXIT_FAILED
+
+
 def print_summary(summary: dict, run_dir: Path) -> None:
     rows = []
     for point in summary["grid_points"]:
@@ -113,6 +144,8 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         metrics = point["metrics"]
         shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("rmse", "mae", "r2") if k in metrics) or "-"
         where = point["output_notebook"] or point.get("error") or "-"
+        if point["status"] == "cached":
+            where = f"reused run {point['mlflow_run_id']}"
         rows.append((point["stage"], point["notebook"], params, point["status"], shown, where))
     headers = ("stage", "notebook", "parameters", "status", "metrics", "output")
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]

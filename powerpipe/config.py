@@ -26,7 +26,7 @@ METRICS = ("rmse", "mae", "r2") + tuple(f"{t}_{m}" for t in ("solar", "wind") fo
 RUNTIME_PARAMETERS = {
     "process": ("input_path", "output_path"),
     "train": ("data_path",),
-    "compare": ("parent_run_id", "metric", "goal"),
+    "compare": ("parent_run_id", "run_ids", "metric", "goal"),
     "report": ("model_uri", "data_path", "synthetic_data"),
 }
 

@@ -1,5 +1,7 @@
 """Execute one notebook with papermill on this project's interpreter, and render it to HTML.
 
+Importing this module imports papermill (about a second): the CLI imports it only to run.
+
 A failed execution still leaves its notebook on disk (with the failing cell marked at the top) and
 its HTML; the caller gets an ``Execution`` either way and decides what a failure means.
 """
@@ -7,17 +9,22 @@ its HTML; the caller gets an ``Execution`` either way and decides what a failure
 from __future__ import annotations
 
 import logging
-import sys
-import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+from papermill.utils import remove_args
+
+from .kernels import KERNEL_NAME, RESET_CODE, Kernel, KernelError, preamble_code
+
 log = logging.getLogger(__name__)
 
-KERNEL_NAME = "python3"
+ENGINE_NAME = "powerpipe-warm-kernel"
 
 
 @dataclass
@@ -28,43 +35,58 @@ class Execution:
     seconds: float
     error: str | None = None
     scraps: dict[str, Any] = field(default_factory=dict)
+    kernel_reusable: bool = False  # the (warm) kernel finished cleanly and was reset
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-def kernel_manager_class(env: dict[str, str] | None = None, stderr_path: Path | None = None):
-    """A KernelManager that always starts ``sys.executable``, whatever kernelspecs the machine has.
+class WarmKernelEngine(NBClientEngine):
+    """papermill's nbclient engine, on a kernel we already have running instead of a new one."""
 
-    papermill would otherwise look up the notebook's ``python3`` kernelspec, and a stale one
-    elsewhere on the machine silently runs another interpreter. ``env`` is added to the kernel's
-    environment (how the runner hands a notebook its MLflow run without writing it into the notebook).
-    The kernel's own stderr (start-up chatter, crash messages) goes to ``stderr_path``, not the terminal.
-    """
-    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
-    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                 start_timeout=60, execution_timeout=None, **kwargs):
+        kernel = kwargs.pop("kernel")
+        kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
+        client = PapermillNotebookClient(
+            nb_man, km=kernel.km, timeout=execution_timeout, startup_timeout=start_timeout,
+            kernel_name=kernel_name, log=logging.getLogger("papermill"), log_output=log_output,
+            stdout_file=stdout_file, stderr_file=stderr_file, **kwargs,
+        )
+        client.kc = kernel.kc  # nbclient would otherwise open (and leak) a new client per notebook
+        return client.execute(cleanup_kc=False)
 
-    extra_env = dict(env or {})
 
-    class ProjectKernelSpecManager(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-            spec = get_kernel_dict()
-            spec["argv"][0] = sys.executable
-            return KernelSpec(resource_dir=RESOURCES, env=extra_env, **spec)
+papermill_engines.register(ENGINE_NAME, WarmKernelEngine)
 
-    class ProjectKernelManager(KernelManager):
-        def _kernel_spec_manager_default(self):
-            return ProjectKernelSpecManager(data_dir=self.data_dir)
 
-        async def _async_launch_kernel(self, kernel_cmd, **kw):
-            if stderr_path is None:
-                return await super()._async_launch_kernel(kernel_cmd, **kw)
-            with open(stderr_path, "ab") as stderr:  # the child keeps its own copy of the handle
-                return await super()._async_launch_kernel(kernel_cmd, stderr=stderr, **kw)
+class _Deadline:
+    """Interrupts a notebook that runs past its time, and kills its kernel if the interrupt is ignored."""
 
-    return ProjectKernelManager
+    def __init__(self, kernel: Kernel, seconds: float | None, grace: float = 10.0):
+        self.expired = False
+        self._timers = []
+        if seconds:
+            self._timers = [threading.Timer(seconds, self._interrupt, (kernel,)),
+                            threading.Timer(seconds + grace, self._kill, (kernel,))]
+            for timer in self._timers:
+                timer.daemon = True
+                timer.start()
+
+    def _interrupt(self, kernel: Kernel) -> None:
+        self.expired = True
+        log.warning("notebook ran past its timeout: interrupting its kernel")
+        kernel.interrupt()
+
+    def _kill(self, kernel: Kernel) -> None:
+        log.warning("kernel ignored the interrupt: killing it")
+        kernel.shutdown()
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
 
 
 def execute(
@@ -74,43 +96,62 @@ def execute(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     render: bool = True,
+    kernel: Kernel | None = None,
 ) -> Execution:
-    """Run ``notebook`` into ``output_notebook`` (working directory: its folder); never raises for
-    an error inside the notebook, a timeout or a dead kernel."""
+    """Run ``notebook`` into ``output_notebook`` (working folder: its folder).
+
+    Never raises for an error inside the notebook, a timeout or a dead kernel: those come back as a
+    failed ``Execution`` with the notebook written and the failing cell marked. With ``kernel``, the
+    notebook runs on that (warm) kernel, which is reset afterwards; without, on a fresh kernel.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    output_notebook = Path(output_notebook)
+    notebook = Path(notebook).resolve()
+    output_notebook = Path(output_notebook).resolve()
     output_notebook.parent.mkdir(parents=True, exist_ok=True)
-    stderr_file = tempfile.NamedTemporaryFile(prefix="kernel-stderr-", suffix=".txt", delete=False)
-    stderr_file.close()
-    stderr_path = Path(stderr_file.name)
+    own_kernel = kernel is None
     started = time.perf_counter()
     error = None
+    kernel_reusable = False
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output_notebook),
-            parameters=parameters,
-            kernel_name=KERNEL_NAME,
-            progress_bar=False,
-            cwd=str(output_notebook.parent),
-            execution_timeout=timeout,
-            kernel_manager_class=kernel_manager_class(env, stderr_path),
-        )
-    except PapermillExecutionError as exc:
-        # papermill has already written the notebook with an error banner pointing at the cell.
-        first_line = (str(exc.evalue).strip().splitlines() or [""])[0]
-        error = f"{exc.ename}: {first_line} (cell {exc.exec_count})"
-    except Exception as exc:  # noqa: BLE001 - timeouts, dead kernels: recorded, not raised
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        mark_failure(output_notebook, error)
-    finally:
-        kernel_stderr = stderr_path.read_text(errors="replace")
-        stderr_path.unlink()
+        kernel = kernel or Kernel()
+        kernel.run(preamble_code(output_notebook.parent, env or {}))
+    except KernelError as exc:
+        error = f"KernelError: {exc}"
+    if error is None:
+        deadline = _Deadline(kernel, timeout)
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(output_notebook), parameters=parameters, kernel_name=KERNEL_NAME,
+                engine_name=ENGINE_NAME, kernel=kernel, progress_bar=False,
+            )
+            kernel_reusable = True
+        except PapermillExecutionError as exc:
+            # papermill has already written the notebook with an error banner pointing at the cell.
+            first_line = (str(exc.evalue).strip().splitlines() or [""])[0]
+            error = f"{exc.ename}: {first_line} (cell {exc.exec_count})"
+        except Exception as exc:  # noqa: BLE001 - dead kernels and the like: recorded, not raised
+            text = str(exc).strip()
+            error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            mark_failure(output_notebook, error)
+            if kernel.stderr_tail():
+                log.error("kernel stderr of %s:\n%s", output_notebook.name, kernel.stderr_tail())
+        finally:
+            deadline.cancel()
+        if deadline.expired:
+            error = f"Timeout: the notebook ran longer than {timeout:g} s and was stopped ({error})"
+            if kernel_reusable:  # finished just as the deadline hit
+                kernel_reusable, error = False, None
+        if kernel_reusable and not own_kernel:
+            try:
+                kernel.run(RESET_CODE)
+            except KernelError as exc:
+                log.warning("could not reset kernel after %s (%s); it will be replaced", output_notebook.name, exc)
+                kernel_reusable = False
+    if own_kernel and kernel is not None:
+        kernel.shutdown()
     seconds = time.perf_counter() - started
-    if error and kernel_stderr.strip():
-        log.error("kernel stderr of %s:\n%s", output_notebook.name, _tail(kernel_stderr))
     html = render_html(output_notebook) if render and output_notebook.exists() else None
     return Execution(
         status="failed" if error else "ok",
@@ -119,11 +160,8 @@ def execute(
         seconds=seconds,
         error=error,
         scraps=read_scraps(output_notebook),
+        kernel_reusable=kernel_reusable and not own_kernel,
     )
-
-
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def mark_failure(path: Path, error: str) -> None:
@@ -148,26 +186,34 @@ def mark_failure(path: Path, error: str) -> None:
     nbformat.write(nb, path)
 
 
+_exporters = threading.local()  # building an exporter compiles its templates: once per thread
+
+
+def _exporter(exclude_input: bool, template_file: Path | None):
+    from nbconvert import HTMLExporter
+
+    key = (exclude_input, str(template_file))
+    cache = _exporters.__dict__.setdefault("by_key", {})
+    if key not in cache:
+        options = {"embed_images": True}
+        if template_file:
+            options.update(extra_template_paths=[str(template_file.parent)], template_file=template_file.name)
+        if exclude_input:
+            options.update(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        cache[key] = HTMLExporter(**options)
+    return cache[key]
+
+
 def render_html(notebook: Path, html: Path | None = None, exclude_input: bool = False,
                 template_file: Path | None = None) -> Path:
     """Render an executed notebook to one HTML file (images embedded), optionally with our own template."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     html = html or notebook.with_suffix(".html")
-    if template_file:
-        exporter = HTMLExporter(embed_images=True, extra_template_paths=[str(template_file.parent)],
-                                template_file=template_file.name)
-    else:
-        exporter = HTMLExporter(embed_images=True)
-    if exclude_input:
-        exporter.exclude_input = True
-        exporter.exclude_input_prompt = True
-        exporter.exclude_output_prompt = True
     with warnings.catch_warnings():
         # scrapbook's data outputs have no HTML form; nbconvert warns about each one.
         warnings.filterwarnings("ignore", message="Your element with mimetype")
-        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+        body, _ = _exporter(exclude_input, template_file).from_notebook_node(nbformat.read(notebook, as_version=4))
     html.write_text(body, encoding="utf-8")
     return html
 

@@ -1,8 +1,10 @@
 """Run a pipeline: process -> train (grids) -> compare -> promote -> report, each notebook an MLflow run.
 
 Wiring only: what each stage computes lives in its notebook and in the small modules it imports.
-Failures are collected, never raised past a stage: a failed grid point is recorded and the others
-go on; a failed stage that others depend on makes them ``skipped``; one summary comes at the end.
+Notebooks run on a pool of warm kernels (``--jobs`` at once). Failures are collected, never raised
+past a stage: a failed grid point is recorded and the others go on; a stage that needs a failed one
+is ``skipped``; a grid point whose inputs match an earlier FINISHED run is ``cached`` (reused, not
+run again); one summary comes at the end.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from . import data as data_module
 from . import paths
-from .config import GridPoint, NotebookSpec, PipelineConfig, load_config, validate_parameters
+from .config import METRICS, GridPoint, NotebookSpec, PipelineConfig, load_config, validate_parameters
 
 log = logging.getLogger(__name__)
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED, SKIPPED, CACHED, KILLED = "ok", "failed", "skipped", "cached", "killed"
+DONE = (OK, CACHED)
 
 
 @dataclass
@@ -32,6 +37,11 @@ class RunOptions:
     data: str = "auto"
     tracking_uri: str | None = None
     outputs: Path = paths.OUTPUTS_DIR
+    jobs: int = os.cpu_count() or 1
+    reuse_kernels: bool = True
+    timeout: float | None = None  # overrides the config's
+    force: bool = False  # run every grid point even when a cached run exists
+    force_promote: bool = False
     dry_run: bool = False
     progress: bool = True
 
@@ -51,7 +61,7 @@ class StepResult:
     error: str | None = None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -74,7 +84,7 @@ def plan(config: PipelineConfig) -> list[PlannedStep]:
                                  point.label))
     if config.compare:
         steps.append(PlannedStep("compare", config.compare.notebook,
-                                 {**config.compare.parameters, "parent_run_id": "<pipeline run>"}, config.compare.name))
+                                 {**config.compare.parameters, "run_ids": "<training runs>"}, config.compare.name))
     if config.report:
         model = f"models:/{config.promote.model_name}@{config.promote.alias}"
         steps.append(PlannedStep("report", config.report.notebook,
@@ -106,6 +116,19 @@ def git_commit(root: Path = paths.PROJECT_ROOT) -> str:
         return "unknown"
 
 
+@dataclass
+class _Step:
+    """What to execute for one result: the notebook, its full parameters, where its output goes."""
+
+    spec: NotebookSpec
+    parameters: dict[str, Any]  # everything passed to the notebook
+    shown: dict[str, Any]  # what the summary and MLflow params show (no per-run paths)
+    label: str
+    folder: Path
+    cache_parameters: dict[str, Any]  # what, besides notebook and data, decides the result
+    render: bool = True
+
+
 class Pipeline:
     """One execution of a pipeline config: owns the run folder, the parent MLflow run and the results."""
 
@@ -113,23 +136,29 @@ class Pipeline:
                  tracking_uri: str, on_step: Callable[[StepResult], None] | None = None):
         import mlflow
 
-        from . import tracking
+        from . import cache, tracking
         from .parameterize import notebook_hash
 
         self.config = config
         self.options = options
         self.source = source
         self.tracking_uri = tracking_uri
+        self.timeout = options.timeout or config.timeout
         self.on_step = on_step or (lambda result: None)
         self.run_id = new_pipeline_run_id()
         self.run_dir = Path(options.outputs).resolve() / self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=False)
+        tracking.enable_sqlite_wal(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)  # for mlflow.register_model
+        mlflow.set_tracking_uri(tracking_uri)  # for loading registered models when gating promotion
         self.experiment_id = tracking.ensure_experiment(self.client, config.experiment, tracking_uri)
+        tracking.mark_abandoned_runs(self.client, self.experiment_id)
+        self.cached_runs = {} if options.force else cache.finished_runs_by_key(self.client, self.experiment_id)
         self.commit = git_commit()
         self.notebook_hashes = {spec.notebook: notebook_hash(spec.notebook) for spec in config.notebook_specs()}
+        self.runner_tags = tracking.runner_tags()
         self.results: list[StepResult] = []
+        self._results_lock = threading.Lock()
         self.started = datetime.now(timezone.utc)
         self.data_path = source.path
         self.data_sha256 = source.sha256
@@ -145,20 +174,49 @@ class Pipeline:
                 "powerpipe.synthetic_data": str(source.synthetic).lower(),
                 "powerpipe.outputs": str(self.run_dir),
                 "mlflow.source.git.commit": self.commit,
+                **self.runner_tags,
             },
         )
         self.parent_run_id = self.parent.info.run_id
+        self.pool = None
+
+    # -- kernels --------------------------------------------------------------------------------
+    def start_kernels(self) -> None:
+        from . import kernels
+
+        jobs = max(1, self.options.jobs)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        modules = kernels.notebook_imports([spec.notebook for spec in self.config.notebook_specs()])
+        warmup = kernels.warmup_code(modules, self.tracking_uri, threads)
+        self.pool = kernels.KernelPool(jobs, kernels.thread_caps(threads), warmup, reuse=self.options.reuse_kernels)
 
     # -- one notebook -------------------------------------------------------------------------
-    def execute_step(self, spec: NotebookSpec, parameters: dict[str, Any], label: str,
-                     logged_parameters: dict[str, Any], folder: Path, render: bool = True):
-        """Create the child run, execute the notebook under it, attach the notebook, close the run."""
-        from . import tracking
+    def run_step(self, step: _Step) -> StepResult:
+        """Reuse a cached run, or execute the notebook on a pool kernel. Blocks until done."""
+        from .cache import cache_key
+
+        key = cache_key(self.notebook_hashes[step.spec.notebook], step.cache_parameters, self.data_sha256)
+        cached = self.cached_runs.get(key)
+        if cached is not None:
+            result = self._cached_result(step, cached)
+            if result is not None:
+                self._record(result)
+                return result
+        future = self.pool.submit(lambda kernel: self._execute(step, key, kernel))
+        result = future.result()
+        self._record(result)
+        return result
+
+    def _execute(self, step: _Step, key: str, kernel) -> tuple[StepResult, bool]:
+        """In a worker thread: child run, notebook, artifacts, status."""
+        from . import cache, tracking
         from .execute import execute
 
+        spec = step.spec
+        output = step.folder / f"{step.label}.ipynb"
         child = self.client.create_run(
             self.experiment_id,
-            run_name=label,
+            run_name=step.label,
             tags={
                 "mlflow.parentRunId": self.parent_run_id,
                 "powerpipe.kind": "notebook",
@@ -167,44 +225,57 @@ class Pipeline:
                 "powerpipe.notebook_sha256": self.notebook_hashes[spec.notebook],
                 "powerpipe.pipeline_run_id": self.run_id,
                 "powerpipe.data_sha256": self.data_sha256,
+                "powerpipe.data_path": str(self.data_path),
                 "powerpipe.synthetic_data": str(self.source.synthetic).lower(),
+                "powerpipe.parameters": json.dumps(step.shown, sort_keys=True, default=str),
+                "powerpipe.output_notebook": str(output),
                 "mlflow.source.git.commit": self.commit,
-                "mlflow.source.name": str(spec.notebook.relative_to(paths.PROJECT_ROOT))
-                if spec.notebook.is_relative_to(paths.PROJECT_ROOT) else str(spec.notebook),
+                "mlflow.source.name": _display(spec.notebook),
+                **self.runner_tags,
             },
         )
         run_id = child.info.run_id
-        for key, value in logged_parameters.items():
-            self.client.log_param(run_id, key, _param_text(value))
+        for name, value in step.shown.items():
+            self.client.log_param(run_id, name, _param_text(value))
+        # The source notebook too, so that any run can be re-executed exactly (--reproduce).
+        self.client.log_artifact(run_id, str(spec.notebook), artifact_path="source")
         env = {
             tracking.RUN_ID_ENV: run_id,
             tracking.TRACKING_URI_ENV: self.tracking_uri,
             tracking.EXPERIMENT_ENV: self.config.experiment,
         }
-        output = folder / f"{label}.ipynb"
-        execution = execute(spec.notebook, output, parameters, env=env, timeout=self.config.timeout, render=render)
+        execution = execute(spec.notebook, output, step.parameters, env=env, timeout=self.timeout,
+                            render=step.render, kernel=kernel)
         for path in (execution.output_notebook, execution.output_html):
             if path is not None and path.exists():
                 self.client.log_artifact(run_id, str(path), artifact_path="notebook")
-        if execution.error:
+        metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
+        if execution.ok:
+            self.client.set_tag(run_id, cache.CACHE_KEY_TAG, key)
+        else:
             self.client.set_tag(run_id, "powerpipe.error", execution.error[:5000])
+            log.error("%s failed: %s\n  executed notebook: %s", step.label, execution.error, output)
         self.client.set_terminated(run_id, "FINISHED" if execution.ok else "FAILED")
-        metrics = execution.scraps.get(tracking.METRICS_SCRAP) or {}
         result = StepResult(
-            stage=spec.stage,
-            notebook=spec.notebook.name,
-            parameters=logged_parameters,
-            status=OK if execution.ok else FAILED,
-            metrics={k: float(v) for k, v in metrics.items()},
-            mlflow_run_id=run_id,
-            output_notebook=str(output.relative_to(self.run_dir)),
-            seconds=round(execution.seconds, 2),
+            stage=spec.stage, notebook=spec.notebook.name, parameters=step.shown,
+            status=OK if execution.ok else FAILED, metrics=metrics, mlflow_run_id=run_id,
+            output_notebook=os.path.relpath(output, self.run_dir), seconds=round(execution.seconds, 2),
             error=execution.error,
         )
-        if not execution.ok:
-            log.error("%s failed: %s (see %s)", label, execution.error, output)
-        self._record(result)
-        return result, execution
+        result.label = step.label
+        return result, execution.kernel_reusable
+
+    def _cached_result(self, step: _Step, run) -> StepResult | None:
+        earlier = run.data.tags.get("powerpipe.output_notebook")
+        metrics = {k: v for k, v in run.data.metrics.items() if k in METRICS}
+        result = StepResult(
+            stage=step.spec.stage, notebook=step.spec.notebook.name, parameters=step.shown, status=CACHED,
+            metrics=metrics, mlflow_run_id=run.info.run_id,
+            output_notebook=os.path.relpath(earlier, self.run_dir) if earlier and Path(earlier).exists() else None,
+        )
+        result.cached_run = run
+        result.label = step.label
+        return result
 
     def skip(self, stage: str, notebook: Path, parameters: dict[str, Any], reason: str) -> StepResult:
         result = StepResult(stage, notebook.name, parameters, SKIPPED, error=reason)
@@ -212,7 +283,8 @@ class Pipeline:
         return result
 
     def _record(self, result: StepResult) -> None:
-        self.results.append(result)
+        with self._results_lock:
+            self.results.append(result)
         self.on_step(result)
 
     # -- stages -------------------------------------------------------------------------------
@@ -220,10 +292,21 @@ class Pipeline:
         spec = self.config.process
         if spec is None:
             return True
-        processed = self.run_dir / "data" / data_module.paths.PROCESSED_DATA_NAME
-        parameters = {**spec.parameters, "input_path": str(self.source.path), "output_path": str(processed)}
-        result, _ = self.execute_step(spec, parameters, spec.name, dict(spec.parameters), self.run_dir / "process")
-        if result.status != OK:
+        processed = self.run_dir / "data" / paths.PROCESSED_DATA_NAME
+        step = _Step(spec, {**spec.parameters, "input_path": str(self.source.path), "output_path": str(processed)},
+                     dict(spec.parameters), spec.name, self.run_dir / "process", dict(spec.parameters))
+        result = self.run_step(step)
+        if result.status == CACHED:
+            earlier = Path(result.cached_run.data.tags.get("powerpipe.processed_path", ""))
+            wanted = result.cached_run.data.tags.get("powerpipe.processed_sha256")
+            if earlier.is_file() and data_module.file_sha256(earlier) == wanted:
+                processed.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(earlier, processed)
+            else:  # the earlier output is gone or changed: run it after all
+                self.results.remove(result)
+                self.cached_runs.pop(result.cached_run.data.tags.get("powerpipe.cache_key"), None)
+                result = self.run_step(step)
+        if result.status not in DONE:
             return False
         if not processed.is_file():
             result.status, result.error = FAILED, f"the process notebook wrote no file at {processed}"
@@ -231,95 +314,156 @@ class Pipeline:
             return False
         self.data_path = processed
         self.data_sha256 = data_module.file_sha256(processed)
+        if result.status == OK:
+            self.client.set_tag(result.mlflow_run_id, "powerpipe.processed_path", str(processed))
+            self.client.set_tag(result.mlflow_run_id, "powerpipe.processed_sha256", self.data_sha256)
         self.client.set_tag(self.parent_run_id, "powerpipe.processed_data_sha256", self.data_sha256)
         return True
 
-    def run_training(self, upstream_ok: bool) -> list[StepResult]:
-        results = []
+    def training_steps(self) -> list[_Step]:
+        steps = []
         for point in self.config.training_points():
-            if not upstream_ok:
-                results.append(self.skip("train", point.spec.notebook, point.parameters, "process stage failed"))
-                continue
-            results.append(self.run_point(point))
-        return results
+            steps.append(_Step(point.spec, {**point.parameters, "data_path": str(self.data_path)},
+                               dict(point.parameters), point.label, self.run_dir / "train" / point.spec.name,
+                               dict(point.parameters)))
+        return steps
 
-    def run_point(self, point: GridPoint) -> StepResult:
-        parameters = {**point.parameters, "data_path": str(self.data_path)}
-        folder = self.run_dir / "train" / point.spec.name
-        result, _ = self.execute_step(point.spec, parameters, point.label, dict(point.parameters), folder)
-        return result
+    def run_training(self, upstream_ok: bool) -> list[StepResult]:
+        if not upstream_ok:
+            skipped = []
+            for point in self.config.training_points():
+                skipped.append(self.skip("train", point.spec.notebook, point.parameters, "process stage failed"))
+                skipped[-1].label = point.label
+            return skipped
+        return self._parallel([lambda step=step: self.run_step(step) for step in self.training_steps()])
 
-    def run_compare(self, any_trained: bool) -> None:
+    def _parallel(self, calls: list[Callable[[], StepResult]]) -> list[StepResult]:
+        """Run calls at once (each waits on the kernel pool); results in call order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not calls:
+            return []
+        waiters = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="powerpipe-step")
+        try:
+            futures = [waiters.submit(call) for call in calls]
+            return [_wait(future) for future in futures]
+        except BaseException:
+            self.pool.kill()  # first, so that no waiter is left waiting on a notebook (Ctrl-C)
+            raise
+        finally:
+            waiters.shutdown(wait=False, cancel_futures=True)
+
+    def compare_step(self, training: list[StepResult]) -> _Step | None:
         spec = self.config.compare
         if spec is None:
-            return
-        if not any_trained:
-            self.skip("compare", spec.notebook, spec.parameters, "no training run succeeded")
-            return
+            return None
         promote = self.config.promote
-        parameters = {
-            **spec.parameters,
-            "parent_run_id": self.parent_run_id,
-            "metric": promote.metric if promote else "rmse",
-            "goal": promote.goal if promote else "minimize",
-        }
-        self.execute_step(spec, parameters, spec.name, dict(spec.parameters), self.run_dir / "compare")
+        run_ids = sorted(r.mlflow_run_id for r in training if r.mlflow_run_id and r.status in DONE)
+        shown = {**spec.parameters, "metric": promote.metric if promote else "rmse",
+                 "goal": promote.goal if promote else "minimize"}
+        parameters = {**shown, "parent_run_id": self.parent_run_id, "run_ids": run_ids}
+        return _Step(spec, parameters, dict(spec.parameters), spec.name, self.run_dir / "compare",
+                     {**shown, "run_ids": run_ids})
 
     def run_promote(self, training: list[StepResult]):
         from .promote import Candidate, promote
 
         if self.config.promote is None:
             return None
-        candidates = [Candidate(r.mlflow_run_id, r.status, r.metrics) for r in training if r.mlflow_run_id]
-        return promote(self.client, candidates, self.config.promote, self.run_id)
+        candidates = [Candidate(r.mlflow_run_id, OK if r.status in DONE else r.status, r.metrics)
+                      for r in training if r.mlflow_run_id]
+        return promote(self.client, candidates, self.config.promote, self.run_id, self.data_path,
+                       force=self.options.force_promote)
 
-    def run_report(self, promotion) -> str | None:
+    def _promote_and_report(self, trained: list[StepResult]) -> None:
+        self.promotion = self.run_promote(trained)
+        self.report = self.run_report() if self.config.report else None
+
+    def run_report(self) -> str | None:
+        from . import tracking
         from .execute import render_html
 
         spec = self.config.report
-        if spec is None:
-            return None
-        if promotion is None:
-            self.skip("report", spec.notebook, spec.parameters, "no model was promoted in this run")
-            log.warning("report skipped: no model was promoted in this run")
-            return None
         promote = self.config.promote
-        parameters = {
-            **spec.parameters,
-            "model_uri": f"models:/{promote.model_name}@{promote.alias}",
-            "data_path": str(self.data_path),
-            "synthetic_data": self.source.synthetic,
-        }
-        folder = self.run_dir / "report"
-        result, execution = self.execute_step(spec, parameters, spec.name, dict(spec.parameters), folder,
-                                              render=False)
-        if not execution.ok:
+        model_uri = f"models:/{promote.model_name}@{promote.alias}"
+        try:
+            version = tracking.describe_model(model_uri, self.client)["version"]
+        except Exception:  # noqa: BLE001 - no such model or alias yet
+            self.skip("report", spec.notebook, spec.parameters, f"no model holds {model_uri}")
+            log.warning("report skipped: no model holds %s", model_uri)
             return None
-        html = render_html(execution.output_notebook, exclude_input=True,
-                           template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
-        for run_id in (result.mlflow_run_id, self.parent_run_id):
-            self.client.log_artifact(run_id, str(html), artifact_path="report")
-        return str(html.relative_to(self.run_dir))
+        parameters = {**spec.parameters, "model_uri": model_uri, "data_path": str(self.data_path),
+                      "synthetic_data": self.source.synthetic}
+        step = _Step(spec, parameters, dict(spec.parameters), spec.name, self.run_dir / "report",
+                     {**spec.parameters, "model": f"{promote.model_name}/{version}",
+                      "synthetic_data": self.source.synthetic}, render=False)
+        result = self.run_step(step)
+        html = self.run_dir / "report" / "weekly_report.html"
+        if result.status == CACHED:
+            earlier = Path(result.cached_run.data.tags.get("powerpipe.report_path", ""))
+            if not earlier.is_file():
+                return None
+            html.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(earlier, html)
+        elif result.status == OK:
+            render_html(self.run_dir / result.output_notebook, html, exclude_input=True,
+                        template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
+            for run_id in (result.mlflow_run_id, self.parent_run_id):
+                self.client.log_artifact(run_id, str(html), artifact_path="report")
+            self.client.set_tag(result.mlflow_run_id, "powerpipe.report_path", str(html))
+        else:
+            return None
+        return os.path.relpath(html, self.run_dir)
 
     # -- whole run ----------------------------------------------------------------------------
     def run(self) -> dict:
+        status = KILLED
+        self.promotion, self.report = None, None
         try:
+            self.start_kernels()
             processed_ok = self.run_process()
             training = self.run_training(processed_ok)
-            any_trained = any(r.status == OK for r in training)
-            self.run_compare(any_trained)
-            promotion = self.run_promote(training) if processed_ok else None
-            report = self.run_report(promotion)
-        except BaseException:
-            self.client.set_terminated(self.parent_run_id, "KILLED")
-            raise
-        status = OK if all(r.status == OK for r in self.results) else FAILED
-        summary = self.summary(status, promotion, report)
-        summary_path = self.run_dir / "summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        self.client.log_artifact(self.parent_run_id, str(summary_path))
-        self.client.set_terminated(self.parent_run_id, "FINISHED" if status == OK else "FAILED")
+            trained = [r for r in training if r.status in DONE]
+            if not trained:
+                for stage, spec in (("compare", self.config.compare), ("report", self.config.report)):
+                    if spec is not None:
+                        self.skip(stage, spec.notebook, spec.parameters, "no training run succeeded")
+                if self.config.promote is not None:
+                    log.warning("no training run succeeded: nothing promoted, report skipped")
+            else:
+                # compare needs only the training runs; promote and report go on beside it
+                compare = self.compare_step(training)
+                calls = [lambda: self.run_step(compare)] if compare else []
+                calls.append(lambda: self._promote_and_report(trained))
+                self._parallel(calls)
+            status = OK if all(r.status in DONE for r in self.results) else FAILED
+        finally:
+            if status == KILLED:  # interrupted (Ctrl-C) or crashed: leave no run RUNNING
+                self.abort()
+            elif self.pool is not None:
+                self.pool.close()
+            summary = self.summary(status, self.promotion, self.report)
+            summary_path = self.run_dir / "summary.json"
+            summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            self.client.log_artifact(self.parent_run_id, str(summary_path))
+            self.client.set_terminated(self.parent_run_id, {OK: "FINISHED", FAILED: "FAILED"}.get(status, "KILLED"))
         return summary
+
+    def abort(self) -> None:
+        if self.pool is not None:
+            self.pool.kill()
+        for run in self.client.search_runs([self.experiment_id],
+                                           f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = "
+                                           f"'{self.parent_run_id}'"):
+            self.client.set_tag(run.info.run_id, "powerpipe.error", "interrupted")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def ordered_results(self) -> list[StepResult]:
+        """Results in pipeline order (stage, then the config's grid order), not in order of completion."""
+        from .config import STAGES
+
+        order = {label: i for i, label in enumerate(p.label for p in self.config.training_points())}
+        return sorted(self.results, key=lambda r: (STAGES.index(r.stage), order.get(getattr(r, "label", ""), 0)))
 
     def summary(self, status: str, promotion, report: str | None) -> dict:
         return {
@@ -328,20 +472,29 @@ class Pipeline:
             "status": status,
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data": {"path": _relative(self.source.path, self.run_dir), "sha256": self.source.sha256,
+            "data": {"path": os.path.relpath(self.source.path, self.run_dir), "sha256": self.source.sha256,
                      "source": self.source.source},
-            "grid_points": [r.as_dict() for r in self.results],
+            "grid_points": [r.as_dict() for r in self.ordered_results()],
             "promoted": promotion.as_dict() if promotion else None,
             "report": report,
         }
+
+
+def _wait(future):
+    """Wait for a future without blocking Ctrl-C."""
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            continue
 
 
 def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _relative(path: Path, start: Path) -> str:
-    return os.path.relpath(path, start)
+def _display(path: Path) -> str:
+    return str(path.relative_to(paths.PROJECT_ROOT)) if path.is_relative_to(paths.PROJECT_ROOT) else str(path)
 
 
 def run_pipeline(options: RunOptions, on_step: Callable[[StepResult], None] | None = None,

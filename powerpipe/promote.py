@@ -6,6 +6,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .config import PromoteSpec
 from .tracking import MODEL_ARTIFACT
@@ -47,28 +48,62 @@ def best_candidate(candidates: list[Candidate], spec: PromoteSpec) -> Candidate 
     return pick(scored, key=lambda c: c.metrics[spec.metric])
 
 
-def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run_id: str) -> Promotion | None:
-    """Register the best candidate's model and give it ``spec.alias``; None if no run succeeded."""
+def evaluate_version(name: str, version: str, data_path: Path, metric: str) -> float:
+    """The registered model's ``metric`` on the test split of ``data_path`` (the split every run uses)."""
+    import mlflow
+
+    from . import data, modeling
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    _, X_test, _, y_test = modeling.split(data.load_processed(data_path))
+    return modeling.evaluate(y_test, modeling.predictions_frame(model.predict(X_test)).to_numpy())[metric]
+
+
+def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run_id: str,
+            data_path: Path, force: bool = False) -> Promotion | None:
+    """Give ``spec.alias`` to the best candidate if it beats the current holder on the same test data.
+
+    None when nothing moved: no run succeeded, the best run already holds the alias, or it does not
+    beat it (unless ``force``). Each move is recorded on the new version: previous version, both
+    metric values, the pipeline run.
+    """
     best = best_candidate(candidates, spec)
     if best is None:
-        log.warning("no successful training run has metric %r: nothing promoted", spec.metric)
+        log.warning("no successful training run has metric %r: nothing promoted; @%s stays where it was",
+                    spec.metric, spec.alias)
         return None
-    previous = _current_version(client, spec)
+    value = float(best.metrics[spec.metric])
+    current = _current(client, spec)
+    previous_value = None
+    if current is not None:
+        if current.run_id == best.run_id:
+            log.info("%s version %s (run %s) is already @%s: nothing new to promote", spec.model_name,
+                     current.version, best.run_id, spec.alias)
+            return None
+        previous_value = evaluate_version(spec.model_name, current.version, data_path, spec.metric)
+        better = value < previous_value if spec.goal == "minimize" else value > previous_value
+        if not better and not force:
+            log.warning("best new run %s has %s=%.4g, not better than @%s version %s (%.4g on the same test "
+                        "data): production model kept (--force-promote overrides)", best.run_id, spec.metric,
+                        value, spec.alias, current.version, previous_value)
+            return None
     version = _register(client, best.run_id, spec.model_name)
     client.set_registered_model_alias(spec.model_name, spec.alias, version)
-    value = float(best.metrics[spec.metric])
     tags = {
         "powerpipe.promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "powerpipe.alias": spec.alias,
         "powerpipe.metric": spec.metric,
         "powerpipe.metric_value": repr(value),
         "powerpipe.pipeline_run_id": pipeline_run_id,
-        "powerpipe.previous_version": previous or "",
+        "powerpipe.previous_version": str(current.version) if current else "",
+        "powerpipe.previous_metric_value": repr(previous_value) if previous_value is not None else "",
+        "powerpipe.forced": str(bool(force)).lower(),
     }
     for key, tag in tags.items():
         client.set_model_version_tag(spec.model_name, version, key, tag)
-    log.info("promoted %s version %s (run %s, %s=%.4g) to @%s", spec.model_name, version, best.run_id,
-             spec.metric, value, spec.alias)
+    log.info("promoted %s version %s (run %s, %s=%.4g%s) to @%s", spec.model_name, version, best.run_id,
+             spec.metric, value, f"; previous version {current.version}: {previous_value:.4g}" if current else "",
+             spec.alias)
     return Promotion(spec.model_name, str(version), best.run_id, spec.metric, value, spec.alias)
 
 
@@ -91,10 +126,11 @@ def _register(client, run_id: str, name: str) -> str:
     return str(version.version)
 
 
-def _current_version(client, spec: PromoteSpec) -> str | None:
+def _current(client, spec: PromoteSpec):
+    """The model version holding the alias now, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(spec.model_name, spec.alias).version)
+        return client.get_model_version_by_alias(spec.model_name, spec.alias)
     except MlflowException:
         return None

@@ -166,17 +166,24 @@ def describe_model(model_uri: str, client=None) -> dict[str, str]:
             "alias": alias or "", "source": model_version.source}
 
 
-def training_runs(parent_run_id: str, experiment_names=None):
-    """One row per training grid point of a pipeline run: notebook, parameters, status and metrics."""
+def training_runs(parent_run_id: str | None = None, run_ids: list[str] | None = None, experiment_names=None):
+    """One row per training grid point: notebook, parameters, status and metrics.
+
+    ``run_ids``: exactly those runs (a pipeline run's own and the cached ones it reused); otherwise
+    the training runs that are children of ``parent_run_id``.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     names = experiment_names or [os.environ.get(EXPERIMENT_ENV, EXPERIMENT)]
-    return mlflow.search_runs(
-        experiment_names=names,
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`powerpipe.stage` = 'train'",
-        output_format="pandas",
-    )
+    if run_ids is not None:
+        if not run_ids:
+            return mlflow.search_runs(experiment_names=names, filter_string="attributes.run_id = 'none'")
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+        selection = f"attributes.run_id IN ({quoted})"
+    else:
+        selection = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`powerpipe.stage` = 'train'"
+    return mlflow.search_runs(experiment_names=names, filter_string=selection, output_format="pandas")
 
 
 def latest_pipeline_run_id(experiment: str | None = None) -> str | None:
@@ -192,3 +199,59 @@ def latest_pipeline_run_id(experiment: str | None = None) -> str | None:
         output_format="list",
     )
     return runs[0].info.run_id if runs else None
+
+
+RUNNER_HOST_TAG = "powerpipe.runner_host"
+RUNNER_PID_TAG = "powerpipe.runner_pid"
+RUNNER_STARTED_TAG = "powerpipe.runner_started"
+
+
+def runner_tags() -> dict[str, str]:
+    """Who is running this run: lets a later pipeline tell a live run from one whose runner died."""
+    import psutil
+
+    me = psutil.Process()
+    return {RUNNER_HOST_TAG: socket.gethostname(), RUNNER_PID_TAG: str(me.pid),
+            RUNNER_STARTED_TAG: repr(me.create_time())}
+
+
+def _runner_alive(tags: dict[str, str]) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(int(tags[RUNNER_PID_TAG]))
+        return repr(process.create_time()) == tags.get(RUNNER_STARTED_TAG)
+    except (KeyError, ValueError, psutil.Error):
+        return False
+
+
+def mark_abandoned_runs(client, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a runner of this machine that no longer lives: marked KILLED. Returns their ids."""
+    host = socket.gethostname()
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{RUNNER_HOST_TAG}` = '{host}'",
+        max_results=5000,
+    )
+    killed = []
+    for run in stale:
+        if not _runner_alive(run.data.tags):
+            client.set_tag(run.info.run_id, "powerpipe.error", "its runner stopped (killed or interrupted)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    if killed:
+        log.warning("marked %d run(s) left RUNNING by a runner that died as KILLED", len(killed))
+    return killed
+
+
+def enable_sqlite_wal(uri: str) -> None:
+    """Let the runner and its kernels write to a local SQLite store at once (write-ahead log)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    connection = sqlite3.connect(uri[len("sqlite:///"):], timeout=30)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()

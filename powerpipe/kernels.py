@@ -1,0 +1,329 @@
+"""Kernels on this project's interpreter: started ahead, warmed with the notebooks' imports, reused.
+
+Starting a kernel and importing pandas, scikit-learn, MLflow (and TensorFlow) costs seconds per
+notebook; a warm kernel pays it once. Between executions the kernel is reset: MLflow runs ended,
+autolog off, figures closed, Keras state cleared, user namespace wiped, working folder, environment
+and random seeds set afresh. A kernel whose notebook failed or timed out is thrown away, never reused.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME = "python3"
+# Thread-count variables read by BLAS/OpenMP libraries and TensorFlow at start-up.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+SEED = 0
+
+
+class KernelError(RuntimeError):
+    """A kernel could not be started or prepared."""
+
+
+def kernel_manager_class(env: dict[str, str] | None = None, stderr_path: Path | None = None):
+    """A KernelManager that always starts ``sys.executable``, whatever kernelspecs the machine has.
+
+    papermill would otherwise look up the notebook's ``python3`` kernelspec, and a stale one
+    elsewhere on the machine silently runs another interpreter. ``env`` is added to the kernel's
+    environment; its stderr (start-up chatter, crash messages) goes to ``stderr_path``.
+    """
+    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    extra_env = dict(env or {})
+
+    class ProjectKernelSpecManager(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+            spec = get_kernel_dict()
+            spec["argv"][0] = sys.executable
+            return KernelSpec(resource_dir=RESOURCES, env=extra_env, **spec)
+
+    class ProjectKernelManager(KernelManager):
+        def _kernel_spec_manager_default(self):
+            return ProjectKernelSpecManager(data_dir=self.data_dir)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if stderr_path is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(stderr_path, "ab") as stderr:  # the child keeps its own copy of the handle
+                return await super()._async_launch_kernel(kernel_cmd, stderr=stderr, **kw)
+
+    return ProjectKernelManager
+
+
+def thread_caps(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in THREAD_ENV}
+
+
+def notebook_imports(notebooks) -> list[str]:
+    """Top-level modules the notebooks import, in first-seen order (what a warm kernel preloads)."""
+    seen: dict[str, None] = {}
+    for path in notebooks:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        for cell in nb.get("cells", []):
+            if cell.get("cell_type") != "code":
+                continue
+            source = "".join(cell.get("source", ""))
+            source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            for node in tree.body:
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    seen.setdefault(name, None)
+    return list(seen)
+
+
+def warmup_code(modules: list[str], tracking_uri: str | None, threads: int) -> str:
+    """Code a new kernel runs once: import what the notebooks import, open the tracking store."""
+    lines = [
+        "import importlib as _importlib",
+        "%matplotlib inline",
+        f"for _name in {modules!r}:",
+        "    try:",
+        "        _importlib.import_module(_name)",
+        "    except ImportError:",
+        "        pass  # `from x import function`: not a module; the notebook will import it",
+        "import sys as _sys",
+        "if 'tensorflow' in _sys.modules:",
+        "    import tensorflow as _tf",
+        f"    _tf.config.threading.set_intra_op_parallelism_threads({threads})",
+        f"    _tf.config.threading.set_inter_op_parallelism_threads({threads})",
+    ]
+    if tracking_uri:
+        # Opening the store runs MLflow's schema checks once here instead of in every notebook.
+        lines += [
+            "if 'mlflow' in _sys.modules:",
+            "    import mlflow as _mlflow",
+            f"    _mlflow.MlflowClient({tracking_uri!r}).search_experiments(max_results=1)",
+        ]
+    lines.append("del _importlib, _name, _sys")
+    return "\n".join(lines)
+
+
+def preamble_code(cwd: Path, env: dict[str, str]) -> str:
+    """Run before each notebook: its folder, its environment (its MLflow run), fixed random seeds."""
+    return "\n".join([
+        "import os as _os, random as _random, sys as _sys",
+        f"_os.chdir({str(cwd)!r})",
+        f"_os.environ.update({dict(env)!r})",
+        f"_random.seed({SEED})",
+        "if 'numpy' in _sys.modules:",
+        f"    _sys.modules['numpy'].random.seed({SEED})",
+        "del _os, _random, _sys",
+    ])
+
+
+RESET_CODE = "\n".join([
+    "import sys as _sys",
+    "if 'mlflow' in _sys.modules:",
+    "    import mlflow as _mlflow",
+    "    while _mlflow.active_run():",
+    "        _mlflow.end_run()",
+    "    if 'keras' in _sys.modules:",
+    "        _mlflow.keras.autolog(disable=True)",
+    "if 'matplotlib.pyplot' in _sys.modules:",
+    "    _sys.modules['matplotlib.pyplot'].close('all')",
+    "if 'keras' in _sys.modules:",
+    "    _sys.modules['keras'].backend.clear_session(free_memory=False)",
+    # Like %reset -f, without its garbage collections (most of a second with TensorFlow loaded).
+    "def _powerpipe_reset(shell):",
+    "    for name in [n for n in shell.user_ns if n not in shell.user_ns_hidden]:",
+    "        del shell.user_ns[name]",
+    "    shell.user_ns['Out'].clear()",
+    "    shell.user_ns.update({'_': '', '__': '', '___': ''})",
+    "_powerpipe_reset(get_ipython())",
+])
+
+
+class Kernel:
+    """One kernel process with its client, used by one thread at a time."""
+
+    def __init__(self, env: dict[str, str] | None = None, warmup: str | None = None, startup_timeout: float = 120):
+        handle = tempfile.NamedTemporaryFile(prefix="powerpipe-kernel-", suffix=".stderr", delete=False)
+        handle.close()
+        self.stderr_path = Path(handle.name)
+        self.km = kernel_manager_class(env, self.stderr_path)(kernel_name=KERNEL_NAME)
+        self.kc = None
+        self.uses = 0
+        self.lock = threading.Lock()
+        try:
+            self.km.start_kernel()
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            self.kc.wait_for_ready(timeout=startup_timeout)
+            if warmup:
+                self.run(warmup, timeout=startup_timeout)
+        except Exception as exc:
+            detail = self.stderr_tail()
+            self.shutdown()
+            raise KernelError(f"could not start a kernel on {sys.executable}: {exc}"
+                              + (f"\n{detail}" if detail else "")) from None
+
+    def run(self, code: str, timeout: float = 60) -> None:
+        """Execute bookkeeping code (not part of any notebook); raise KernelError if it fails."""
+        errors: list[str] = []
+
+        def collect(msg):
+            if msg["header"]["msg_type"] == "error":
+                errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, store_history=False, output_hook=collect,
+                                            allow_stdin=False)
+        if reply["content"]["status"] != "ok":
+            raise KernelError("; ".join(errors) or f"kernel bookkeeping failed: {reply['content'].get('evalue')}")
+
+    def alive(self) -> bool:
+        try:
+            return self.km.is_alive()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def interrupt(self) -> None:
+        try:
+            self.km.interrupt_kernel()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def shutdown(self) -> None:
+        try:
+            if self.kc is not None:
+                self.kc.stop_channels()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.km.cleanup_resources()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            os.unlink(self.stderr_path)
+        except OSError:
+            pass
+
+
+class KernelPool:
+    """``jobs`` worker threads, each owning one kernel it starts ahead of time and reuses.
+
+    ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``; the worker replaces its kernel
+    when ``kernel_reusable`` is false, after ``max_uses`` notebooks, or when it died. With
+    ``reuse=False`` every task gets a fresh kernel with nothing preloaded (the classic papermill way).
+    """
+
+    def __init__(self, jobs: int, env: dict[str, str], warmup: str | None, reuse: bool = True, max_uses: int = 25):
+        import queue
+
+        self.env, self.warmup, self.reuse, self.max_uses = env, warmup, reuse, max_uses
+        self._tasks: queue.Queue = queue.Queue()
+        self._kernels: set[Kernel] = set()
+        self._lock = threading.Lock()
+        self._closing = False
+        self._wanted = threading.Event()  # kernels start with the first task, not before: a fully cached run starts none
+        self._threads = [threading.Thread(target=self._work, name=f"powerpipe-worker-{i}", daemon=True)
+                         for i in range(max(1, jobs))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._tasks.put((future, fn))
+        self._wanted.set()
+        return future
+
+    def _new_kernel(self) -> Kernel:
+        kernel = Kernel(env=self.env, warmup=self.warmup if self.reuse else None)
+        with self._lock:
+            self._kernels.add(kernel)
+        return kernel
+
+    def _retire(self, kernel: Kernel | None) -> None:
+        if kernel is None:
+            return
+        with self._lock:
+            self._kernels.discard(kernel)
+        kernel.shutdown()
+
+    def _work(self) -> None:
+        kernel = None
+        self._wanted.wait()
+        if self.reuse and not self._closing:
+            try:
+                kernel = self._new_kernel()  # started before any task arrives
+            except KernelError as exc:
+                log.warning("%s", exc)
+        while True:
+            item = self._tasks.get()
+            if item is None or self._closing:
+                if item is not None:
+                    item[0].cancel()
+                break
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                if kernel is None or not kernel.alive():
+                    self._retire(kernel)
+                    kernel = self._new_kernel()
+                result, reusable = fn(kernel)
+                kernel.uses += 1
+                if not (reusable and self.reuse) or kernel.uses >= self.max_uses:
+                    self._retire(kernel)
+                    kernel = None
+                future.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                self._retire(kernel)
+                kernel = None
+                future.set_exception(exc)
+        self._retire(kernel)
+
+    def close(self) -> None:
+        """Finish queued work, then stop the workers and their kernels."""
+        if not self._wanted.is_set():  # never used: no kernel was started
+            self._closing = True
+            self._wanted.set()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def kill(self) -> None:
+        """Stop now: drop queued work and kill every kernel (Ctrl-C)."""
+        self._closing = True
+        self._wanted.set()
+        with self._lock:
+            kernels = list(self._kernels)
+        for kernel in kernels:
+            kernel.shutdown()
+        for _ in self._threads:
+            self._tasks.put(None)

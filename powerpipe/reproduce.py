@@ -1,0 +1,119 @@
+"""Re-execute one recorded grid point exactly as it ran, and say whether its metrics come out the same.
+
+Everything needed is on the original MLflow run: the notebook source (artifact ``source/``), the
+parameters (tag ``powerpipe.parameters``) and the data's SHA-256. The data must be the same file,
+byte for byte; a different or missing file is refused, not silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import data, paths, tracking
+from .config import METRICS
+from .exceptions import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reproduction:
+    original_run_id: str
+    new_run_id: str
+    notebook: str
+    output_notebook: Path
+    recorded: dict[str, float]
+    reproduced: dict[str, float]
+    error: str | None = None
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return self.error is None and not self.mismatched and bool(self.recorded)
+
+    def report(self) -> str:
+        lines = [f"reproduced run {self.original_run_id} ({self.notebook}) as run {self.new_run_id}",
+                 f"executed notebook: {self.output_notebook}"]
+        if self.error:
+            lines.append(f"FAILED: {self.error}")
+            return "\n".join(lines)
+        for name in sorted(self.recorded):
+            old, new = self.recorded[name], self.reproduced.get(name)
+            verdict = "same" if new == old else ("missing" if new is None else f"differs by {new - old:+.3g}")
+            lines.append(f"  {name:12} recorded {old!r:24} reproduced {new!r:24} {verdict}")
+        lines.append("every metric matches exactly" if self.matches else
+                     f"{len(self.mismatched)} metric(s) differ: {', '.join(self.mismatched)}")
+        return "\n".join(lines)
+
+
+def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = paths.OUTPUTS_DIR,
+                  data_path: str | None = None, timeout: float | None = None) -> Reproduction:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .execute import execute
+
+    uri = tracking.tracking_uri(tracking_uri, outputs)
+    tracking.check_reachable(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"no run {run_id} in tracking store {tracking.redact(uri)}") from None
+    tags = run.data.tags
+    if tags.get("powerpipe.stage") != "train" or "powerpipe.parameters" not in tags:
+        raise PipelineError(f"run {run_id} is not a training grid point recorded by this pipeline; "
+                            "only those can be reproduced")
+
+    expected_sha = tags["powerpipe.data_sha256"]
+    path = Path(data_path or tags.get("powerpipe.data_path", "")).expanduser()
+    if not path.is_file():
+        raise PipelineError(f"the data of run {run_id} is missing: {path} (SHA-256 {expected_sha}); "
+                            "pass --data with a copy of that file")
+    actual_sha = data.file_sha256(path)
+    if actual_sha != expected_sha:
+        raise PipelineError(f"{path} is not the data of run {run_id}: its SHA-256 is {actual_sha}, "
+                            f"the run used {expected_sha}")
+
+    notebook_name = tags["powerpipe.notebook"]
+    parameters = json.loads(tags["powerpipe.parameters"])
+    source_dir = Path(tempfile.mkdtemp(prefix="powerpipe-reproduce-"))
+    try:
+        notebook = Path(client.download_artifacts(run_id, f"source/{notebook_name}", str(source_dir)))
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(f"run {run_id} has no notebook source recorded (artifact source/{notebook_name}): "
+                            f"{exc}") from None
+
+    new = client.create_run(run.info.experiment_id, run_name=f"reproduce {run.info.run_name}", tags={
+        "powerpipe.kind": "reproduction",
+        "powerpipe.reproduces": run_id,
+        "powerpipe.stage": "reproduce",
+        "powerpipe.notebook": notebook_name,
+        "powerpipe.notebook_sha256": tags.get("powerpipe.notebook_sha256", ""),
+        "powerpipe.data_sha256": actual_sha,
+        "powerpipe.parameters": tags["powerpipe.parameters"],
+        **tracking.runner_tags(),
+    })
+    for name, value in parameters.items():
+        client.log_param(new.info.run_id, name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+    output = Path(outputs).resolve() / "reproductions" / new.info.run_id / f"{run.info.run_name}.ipynb"
+    log.info("re-executing %s with %s on %s", notebook_name, parameters, path)
+    execution = execute(notebook, output, {**parameters, "data_path": str(path)}, timeout=timeout, env={
+        tracking.RUN_ID_ENV: new.info.run_id,
+        tracking.TRACKING_URI_ENV: uri,
+        tracking.EXPERIMENT_ENV: client.get_experiment(run.info.experiment_id).name,
+    })
+    for artifact in (execution.output_notebook, execution.output_html):
+        if artifact is not None and artifact.exists():
+            client.log_artifact(new.info.run_id, str(artifact), artifact_path="notebook")
+    recorded = {k: v for k, v in run.data.metrics.items() if k in METRICS}
+    reproduced = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
+    mismatched = sorted(k for k in recorded if reproduced.get(k) != recorded[k])
+    client.set_tag(new.info.run_id, "powerpipe.metrics_match", str(not mismatched and execution.ok).lower())
+    client.set_terminated(new.info.run_id, "FINISHED" if execution.ok else "FAILED")
+    return Reproduction(run_id, new.info.run_id, notebook_name, output, recorded, reproduced,
+                        error=execution.error, mismatched=mismatched)
