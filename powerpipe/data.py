@@ -34,7 +34,23 @@ PROCESSED_SHA256 = "a2bf7ae29d26575b462d793ddfe91e4646d14e827ce5b78a351c55681fe1
 URL_ENV = "POWERPIPE_DATA_URL"
 SHA256_ENV = "POWERPIPE_DATA_SHA256"
 
-SOURCES = ("file", "downloaded", "synthetic")
+SOURCES = ("file", "downloaded", "synthetic", "opsd")
+# `--data opsd`: the process notebook builds the processed file from the raw OPSD downloads (powerpipe.opsd).
+OPSD_SPEC = "opsd"
+
+# Plausible hourly values for Germany (inclusive bounds). A value outside is a unit or parsing error
+# upstream, not weather. Generation bounds sit well above installed capacity (end of 2016: about 41 GW
+# solar, 50 GW wind; the real file peaks at 26 and 34 GW) so later years pass too; radiation at the
+# ground cannot exceed the solar constant (1361 W/m²); temperature and wind span Germany's records.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
+    "solar_GW": (0.0, 60.0, "GW"),
+    "wind_GW": (0.0, 70.0, "GW"),
+    "windspeed": (0.0, 40.0, "m/s"),
+    "temperature": (-40.0, 50.0, "°C"),
+    "rad_horizontal": (0.0, 1400.0, "W/m²"),
+    "rad_diffuse": (0.0, 1400.0, "W/m²"),
+}
+REPORT_ROWS = 5  # rows named per problem in a validation report
 
 
 @dataclass(frozen=True)
@@ -117,8 +133,68 @@ def validate_frame(frame: pd.DataFrame, origin: str = "data") -> pd.DataFrame:
             f"{origin}: column {TIME_COLUMN} has duplicated times, e.g. {first.isoformat()} "
             f"({int(duplicated.sum())} duplicate(s))"
         )
-    frame = frame.assign(**{TIME_COLUMN: times}).set_index(TIME_COLUMN).sort_index()
-    return frame[COLUMNS]
+    # Stable, so the two readings of a repeated hour keep the file's order.
+    frame = frame.assign(**{TIME_COLUMN: times}).set_index(TIME_COLUMN).sort_index(kind="stable")
+    return check_processed(frame[COLUMNS], origin)
+
+
+def check_processed(frame: pd.DataFrame, origin: str = "processed data") -> pd.DataFrame:
+    """Check a processed frame fully before any model uses it; return it unchanged.
+
+    Columns (``COLUMNS``, float64), index (UTC times on the hour, ascending, no repeats except one
+    repeat of the autumn clock-change hour, see ``is_dst_fallback_hour``), no missing values, values
+    within ``PLAUSIBLE_RANGES``. Every problem found goes into one DataError: which column or the
+    index, how many rows, and the first few rows' times (and values).
+    """
+    problems: list[str] = []
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    index = frame.index
+    if not isinstance(index, pd.DatetimeIndex) or str(index.tz) != "UTC":
+        problems.append(f"index: expected UTC times, found {index.dtype}")
+    elif len(index):
+        off_hour = np.asarray(index != index.floor("h"))
+        if off_hour.any():
+            problems.append(_report_rows("index: time(s) not on the hour", index, off_hour))
+        backwards = np.concatenate([[False], np.asarray(index[1:] < index[:-1])])
+        if backwards.any():
+            problems.append(_report_rows("index: time(s) earlier than the row before (not ascending)", index,
+                                         backwards))
+        times = pd.Series(index)
+        occurrence = times.groupby(index).cumcount().to_numpy()
+        unexpected = (occurrence >= 1) & ~((occurrence == 1) & is_dst_fallback_hour(times).to_numpy())
+        if unexpected.any():
+            problems.append(_report_rows("index: duplicated time(s)", index, unexpected))
+    for column in (c for c in COLUMNS if c in frame.columns):
+        values = frame[column]
+        if values.dtype != np.float64:
+            problems.append(f"column {column}: dtype {values.dtype}, expected float64")
+            continue
+        absent = values.isna().to_numpy()
+        if absent.any():
+            problems.append(_report_rows(f"column {column}: missing value(s)", index, absent))
+        low, high, unit = PLAUSIBLE_RANGES[column]
+        outside = ~absent & ~values.between(low, high).to_numpy()
+        if outside.any():
+            problems.append(_report_rows(f"column {column}: value(s) outside {low:g}..{high:g} {unit}", index,
+                                         outside, values))
+    if problems:
+        raise DataError(f"{origin}: {len(problems)} problem(s) in the processed data:\n  - "
+                        + "\n  - ".join(problems))
+    return frame
+
+
+def _report_rows(what: str, index: pd.Index, mask: np.ndarray, values: pd.Series | None = None) -> str:
+    """``what: N row(s), at t1 (v1), t2 (v2), ... (first 5 shown)``."""
+    positions = np.flatnonzero(mask)
+    shown = []
+    for position in positions[:REPORT_ROWS]:
+        label = index[position]
+        where = label.isoformat() if isinstance(label, pd.Timestamp) else f"row {position + 1}"
+        shown.append(where + (f" ({float(values.iloc[position])!r})" if values is not None else ""))
+    more = f" (first {REPORT_ROWS} shown)" if len(positions) > REPORT_ROWS else ""
+    return f"{what}: {len(positions)} row(s), at {', '.join(shown)}{more}"
 
 
 def is_dst_fallback_hour(times: pd.Series) -> pd.Series:
@@ -244,12 +320,16 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
 
 
 def resolve(spec: str = "auto", data_dir: str | os.PathLike = paths.DATA_DIR) -> DataSource:
-    """Turn ``--data`` (a path, ``synthetic`` or ``auto``) into a validated processed CSV on disk.
+    """Turn ``--data`` (a path, ``synthetic``, ``auto`` or ``opsd``) into a processed CSV on disk.
 
     ``auto``: ``data/germany.csv`` if present; else download the tutorial's file and verify its hash;
-    else (offline) generate synthetic data.
+    else (offline) generate synthetic data. ``opsd``: nothing is read or built here; the source says
+    where the process notebook writes the file it builds from the raw OPSD downloads
+    (``data/processed/germany.csv``), with an empty hash until it is built.
     """
     data_dir = Path(data_dir)
+    if spec == OPSD_SPEC:
+        return DataSource((data_dir / paths.PROCESSED_DATA_DIR.name / paths.PROCESSED_DATA_NAME).resolve(), "", "opsd")
     if spec == "synthetic":
         return _synthetic_source(data_dir)
     if spec != "auto":

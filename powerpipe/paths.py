@@ -16,6 +16,9 @@ SMOKE_CONFIG = RUNNER_DIR / "smoke.yaml"
 # The processed dataset's usual name, in data/ (git-ignored).
 PROCESSED_DATA_NAME = "germany.csv"
 SYNTHETIC_DATA_NAME = "synthetic_germany.csv"
+# The raw OPSD downloads (cache) and the processed file built from them (`--data opsd`).
+RAW_DATA_DIR = DATA_DIR / "raw"
+PROCESSED_DATA_DIR = DATA_DIR / "processed"
 
 TRACKING_DB_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"

@@ -156,7 +156,6 @@ class Pipeline:
         self.cached_runs = {} if options.force else cache.finished_runs_by_key(self.client, self.experiment_id)
         self.commit = git_commit()
         self.notebook_hashes = {spec.notebook: notebook_hash(spec.notebook) for spec in config.notebook_specs()}
-        self.runner_tags = tracking.runner_tags()
         self.results: list[StepResult] = []
         self._results_lock = threading.Lock()
         self.started = datetime.now(timezone.utc)
@@ -174,7 +173,7 @@ class Pipeline:
                 "powerpipe.synthetic_data": str(source.synthetic).lower(),
                 "powerpipe.outputs": str(self.run_dir),
                 "mlflow.source.git.commit": self.commit,
-                **self.runner_tags,
+                **tracking.runner_tags(),
             },
         )
         self.parent_run_id = self.parent.info.run_id
@@ -202,68 +201,53 @@ class Pipeline:
             if result is not None:
                 self._record(result)
                 return result
-        future = self.pool.submit(lambda kernel: self._execute(step, key, kernel))
-        result = future.result()
+        result = self._execute(step, key)
         self._record(result)
         return result
 
-    def _execute(self, step: _Step, key: str, kernel) -> tuple[StepResult, bool]:
-        """In a worker thread: child run, notebook, artifacts, status."""
-        from . import cache, tracking
-        from .execute import execute
+    def task(self, step: _Step, key: str) -> "NotebookTask":
+        from .tasks import NotebookTask
 
         spec = step.spec
         output = step.folder / f"{step.label}.ipynb"
-        child = self.client.create_run(
-            self.experiment_id,
-            run_name=step.label,
-            tags={
-                "mlflow.parentRunId": self.parent_run_id,
-                "powerpipe.kind": "notebook",
-                "powerpipe.stage": spec.stage,
-                "powerpipe.notebook": spec.notebook.name,
-                "powerpipe.notebook_sha256": self.notebook_hashes[spec.notebook],
-                "powerpipe.pipeline_run_id": self.run_id,
-                "powerpipe.data_sha256": self.data_sha256,
-                "powerpipe.data_path": str(self.data_path),
-                "powerpipe.synthetic_data": str(self.source.synthetic).lower(),
-                "powerpipe.parameters": json.dumps(step.shown, sort_keys=True, default=str),
-                "powerpipe.output_notebook": str(output),
-                "mlflow.source.git.commit": self.commit,
-                "mlflow.source.name": _display(spec.notebook),
-                **self.runner_tags,
-            },
-        )
-        run_id = child.info.run_id
-        for name, value in step.shown.items():
-            self.client.log_param(run_id, name, _param_text(value))
-        # The source notebook too, so that any run can be re-executed exactly (--reproduce).
-        self.client.log_artifact(run_id, str(spec.notebook), artifact_path="source")
-        env = {
-            tracking.RUN_ID_ENV: run_id,
-            tracking.TRACKING_URI_ENV: self.tracking_uri,
-            tracking.EXPERIMENT_ENV: self.config.experiment,
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "powerpipe.kind": "notebook",
+            "powerpipe.stage": spec.stage,
+            "powerpipe.notebook": spec.notebook.name,
+            "powerpipe.notebook_sha256": self.notebook_hashes[spec.notebook],
+            "powerpipe.pipeline_run_id": self.run_id,
+            "powerpipe.data_sha256": self.data_sha256,
+            "powerpipe.data_path": str(self.data_path),
+            "powerpipe.synthetic_data": str(self.source.synthetic).lower(),
+            "powerpipe.parameters": json.dumps(step.shown, sort_keys=True, default=str),
+            "powerpipe.output_notebook": str(output),
+            "mlflow.source.git.commit": self.commit,
+            "mlflow.source.name": _display(spec.notebook),
         }
-        execution = execute(spec.notebook, output, step.parameters, env=env, timeout=self.timeout,
-                            render=step.render, kernel=kernel)
-        for path in (execution.output_notebook, execution.output_html):
-            if path is not None and path.exists():
-                self.client.log_artifact(run_id, str(path), artifact_path="notebook")
-        metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
-        if execution.ok:
-            self.client.set_tag(run_id, cache.CACHE_KEY_TAG, key)
-        else:
-            self.client.set_tag(run_id, "powerpipe.error", execution.error[:5000])
-            log.error("%s failed: %s\n  executed notebook: %s", step.label, execution.error, output)
-        self.client.set_terminated(run_id, "FINISHED" if execution.ok else "FAILED")
+        return NotebookTask(
+            notebook=str(spec.notebook), stage=spec.stage, label=step.label, output_notebook=str(output),
+            parameters=step.parameters, shown=step.shown, tags=tags, tracking_uri=self.tracking_uri,
+            experiment_id=self.experiment_id, experiment_name=self.config.experiment, cache_key=key,
+            timeout=self.timeout, render=step.render,
+        )
+
+    def _execute(self, step: _Step, key: str) -> StepResult:
+        """Run the step's task on the executor and turn its outcome into a result."""
+        from .tasks import run_task
+
+        task = self.task(step, key)
+        outcome = _wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+        if not outcome.ok:
+            log.error("%s failed: %s\n  executed notebook: %s", step.label, outcome.error, outcome.output_notebook)
         result = StepResult(
-            stage=spec.stage, notebook=spec.notebook.name, parameters=step.shown,
-            status=OK if execution.ok else FAILED, metrics=metrics, mlflow_run_id=run_id,
-            output_notebook=os.path.relpath(output, self.run_dir), seconds=round(execution.seconds, 2),
-            error=execution.error,
+            stage=step.spec.stage, notebook=step.spec.notebook.name, parameters=step.shown,
+            status=OK if outcome.ok else FAILED, metrics=outcome.metrics, mlflow_run_id=outcome.run_id,
+            output_notebook=os.path.relpath(outcome.output_notebook, self.run_dir), seconds=outcome.seconds,
+            error=outcome.error,
         )
         result.label = step.label
-        return result, execution.kernel_reusable
+        return result
 
     def _cached_result(self, step: _Step, run) -> StepResult | None:
         earlier = run.data.tags.get("powerpipe.output_notebook")
@@ -487,10 +471,6 @@ def _wait(future):
             return future.result(timeout=0.2)
         except TimeoutError:
             continue
-
-
-def _param_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _display(path: Path) -> str:

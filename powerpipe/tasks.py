@@ -1,0 +1,96 @@
+"""One notebook execution as a self-contained, picklable task, and the code that runs it anywhere.
+
+The runner builds a ``NotebookTask`` per grid point; an executor runs ``run_task`` on a kernel (a
+local warm kernel, or one on a remote worker) and hands back a ``TaskOutcome``. Everything the task
+needs travels with it: paths, parameters, run tags and the tracking URI, never a live client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_clients: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class NotebookTask:
+    notebook: str  # source notebook path
+    stage: str
+    label: str  # file-name-safe name of this execution
+    output_notebook: str  # where the executed notebook goes (its .html beside it)
+    parameters: dict[str, Any]  # everything passed to the notebook
+    shown: dict[str, Any]  # logged as MLflow params (no per-run paths)
+    tags: dict[str, str]  # tags of the MLflow run created for it
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    cache_key: str
+    timeout: float | None = None
+    render: bool = True
+
+
+@dataclass
+class TaskOutcome:
+    run_id: str
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    output_notebook: str = ""
+
+
+def _client(uri: str):
+    import mlflow
+
+    if uri not in _clients:
+        _clients[uri] = mlflow.MlflowClient(uri)
+    return _clients[uri]
+
+
+def _param_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
+    """Create the task's MLflow run, execute the notebook under it, attach it, close the run.
+
+    Returns the outcome and whether ``kernel`` may be reused.
+    """
+    from . import tracking
+    from .cache import CACHE_KEY_TAG
+    from .execute import execute
+
+    client = _client(task.tracking_uri)
+    output = Path(task.output_notebook)
+    run_id = client.create_run(task.experiment_id, run_name=task.label,
+                               tags={**task.tags, **tracking.runner_tags()}).info.run_id
+    for name, value in task.shown.items():
+        client.log_param(run_id, name, _param_text(value))
+    # The source notebook too, so that any run can be re-executed exactly (--reproduce).
+    client.log_artifact(run_id, task.notebook, artifact_path="source")
+    env = {
+        tracking.RUN_ID_ENV: run_id,
+        tracking.TRACKING_URI_ENV: task.tracking_uri,
+        tracking.EXPERIMENT_ENV: task.experiment_name,
+    }
+    execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
+                        render=task.render, kernel=kernel)
+    for path in (execution.output_notebook, execution.output_html):
+        if path is not None and path.exists():
+            client.log_artifact(run_id, str(path), artifact_path="notebook")
+    metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
+    if execution.ok:
+        client.set_tag(run_id, CACHE_KEY_TAG, task.cache_key)
+    else:
+        client.set_tag(run_id, "powerpipe.error", execution.error[:5000])
+    client.set_terminated(run_id, "FINISHED" if execution.ok else "FAILED")
+    outcome = TaskOutcome(run_id=run_id, ok=execution.ok, metrics=metrics, seconds=round(execution.seconds, 2),
+                          error=execution.error, output_notebook=str(output))
+    return outcome, execution.kernel_reusable
