@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=paths.DEFAULT_CONFIG,
                         help="pipeline YAML (default: runner/pipeline.yaml; runner/smoke.yaml is a tiny one)")
     parser.add_argument("--data", default="auto",
-                        help="processed CSV path, 'synthetic', or 'auto': data/germany.csv, else download "
-                             "the tutorial's file, else synthetic data (default: auto)")
+                        help="processed CSV path, 'synthetic', 'opsd' (the process stage builds it from the raw "
+                             "Open Power System Data files), or 'auto': data/germany.csv, else download the "
+                             "tutorial's file, else synthetic data (default: auto)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the outputs folder)")
     parser.add_argument("--outputs", type=Path, default=paths.OUTPUTS_DIR,

@@ -127,6 +127,7 @@ class _Step:
     folder: Path
     cache_parameters: dict[str, Any]  # what, besides notebook and data, decides the result
     render: bool = True
+    inputs_sha256: str | None = None  # identity of its input data, if not the pipeline's data; "": unknown yet
 
 
 class Pipeline:
@@ -194,8 +195,9 @@ class Pipeline:
         """Reuse a cached run, or execute the notebook on a pool kernel. Blocks until done."""
         from .cache import cache_key
 
-        key = cache_key(self.notebook_hashes[step.spec.notebook], step.cache_parameters, self.data_sha256)
-        cached = self.cached_runs.get(key)
+        inputs = self.data_sha256 if step.inputs_sha256 is None else step.inputs_sha256
+        key = cache_key(self.notebook_hashes[step.spec.notebook], step.cache_parameters, inputs) if inputs else ""
+        cached = self.cached_runs.get(key) if key else None
         if cached is not None:
             result = self._cached_result(step, cached)
             if result is not None:
@@ -277,8 +279,18 @@ class Pipeline:
         if spec is None:
             return True
         processed = self.run_dir / "data" / paths.PROCESSED_DATA_NAME
-        step = _Step(spec, {**spec.parameters, "input_path": str(self.source.path), "output_path": str(processed)},
-                     dict(spec.parameters), spec.name, self.run_dir / "process", dict(spec.parameters))
+        if self.source.source == "opsd":
+            # Built from the raw OPSD files: the raw files' hashes (once downloaded) are the input's identity.
+            from . import opsd
+
+            parameters = {**spec.parameters, "input_path": None, "output_path": str(processed)}
+            fingerprint = opsd.process_inputs_fingerprint(parameters)
+            inputs = json.dumps(fingerprint, sort_keys=True) if fingerprint else ""
+        else:
+            parameters = {**spec.parameters, "input_path": str(self.source.path), "output_path": str(processed)}
+            inputs = None
+        step = _Step(spec, parameters, dict(spec.parameters), spec.name, self.run_dir / "process",
+                     dict(spec.parameters), inputs_sha256=inputs)
         result = self.run_step(step)
         if result.status == CACHED:
             earlier = Path(result.cached_run.data.tags.get("powerpipe.processed_path", ""))
@@ -301,6 +313,14 @@ class Pipeline:
         if result.status == OK:
             self.client.set_tag(result.mlflow_run_id, "powerpipe.processed_path", str(processed))
             self.client.set_tag(result.mlflow_run_id, "powerpipe.processed_sha256", self.data_sha256)
+            if step.inputs_sha256 == "":  # raw files downloaded just now: their hashes make the cache key
+                from . import cache, opsd
+
+                fingerprint = opsd.process_inputs_fingerprint(step.parameters)
+                if fingerprint:
+                    key = cache.cache_key(self.notebook_hashes[spec.notebook], step.cache_parameters,
+                                          json.dumps(fingerprint, sort_keys=True))
+                    self.client.set_tag(result.mlflow_run_id, cache.CACHE_KEY_TAG, key)
         self.client.set_tag(self.parent_run_id, "powerpipe.processed_data_sha256", self.data_sha256)
         return True
 
@@ -442,6 +462,13 @@ class Pipeline:
             self.client.set_tag(run.info.run_id, "powerpipe.error", "interrupted")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
+    def _data_summary(self) -> dict:
+        if self.source.source == "opsd":  # the data is what the process stage built, if it did
+            path, sha256 = (self.data_path, self.data_sha256) if self.data_path.is_file() else (self.source.path, "")
+        else:
+            path, sha256 = self.source.path, self.source.sha256
+        return {"path": os.path.relpath(path, self.run_dir), "sha256": sha256, "source": self.source.source}
+
     def ordered_results(self) -> list[StepResult]:
         """Results in pipeline order (stage, then the config's grid order), not in order of completion."""
         from .config import STAGES
@@ -456,8 +483,7 @@ class Pipeline:
             "status": status,
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data": {"path": os.path.relpath(self.source.path, self.run_dir), "sha256": self.source.sha256,
-                     "source": self.source.source},
+            "data": self._data_summary(),
             "grid_points": [r.as_dict() for r in self.ordered_results()],
             "promoted": promotion.as_dict() if promotion else None,
             "report": report,
@@ -483,6 +509,11 @@ def run_pipeline(options: RunOptions, on_step: Callable[[StepResult], None] | No
     from . import tracking
 
     config = load_and_check(options.config)
+    if options.data == "opsd" and config.process is None:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"{config.path}: --data opsd builds the data in the process stage, but the config "
+                          "has no stages.process")
     source = data_module.resolve(options.data)
     if source.synthetic:
         log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",

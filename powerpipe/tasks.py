@@ -86,10 +86,10 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
         if path is not None and path.exists():
             client.log_artifact(run_id, str(path), artifact_path="notebook")
     metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
-    if execution.ok:
-        client.set_tag(run_id, CACHE_KEY_TAG, task.cache_key)
-    else:
+    if not execution.ok:
         client.set_tag(run_id, "powerpipe.error", execution.error[:5000])
+    elif task.cache_key:
+        client.set_tag(run_id, CACHE_KEY_TAG, task.cache_key)
     client.set_terminated(run_id, "FINISHED" if execution.ok else "FAILED")
     outcome = TaskOutcome(run_id=run_id, ok=execution.ok, metrics=metrics, seconds=round(execution.seconds, 2),
                           error=execution.error, output_notebook=str(output))
