@@ -20,11 +20,14 @@ from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import remove_args
 
-from .kernels import KERNEL_NAME, RESET_CODE, Kernel, KernelError, preamble_code
+from .kernels import DETACH_RUN_CODE, KERNEL_NAME, RESET_CODE, Kernel, KernelError, preamble_code
 
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "powerpipe-warm-kernel"
+# scrapbook's data outputs have no HTML form and nbconvert warns about each one. Set once, here:
+# catch_warnings() around each render is not thread-safe, and renders run in parallel.
+warnings.filterwarnings("ignore", message="Your element with mimetype", category=UserWarning)
 
 
 @dataclass
@@ -150,6 +153,11 @@ def execute(
                 log.warning("could not reset kernel after %s (%s); it will be replaced", output_notebook.name, exc)
                 kernel_reusable = False
     if own_kernel and kernel is not None:
+        try:
+            if kernel.alive():
+                kernel.run(DETACH_RUN_CODE)
+        except KernelError:
+            pass
         kernel.shutdown()
     seconds = time.perf_counter() - started
     html = render_html(output_notebook) if render and output_notebook.exists() else None
@@ -210,10 +218,7 @@ def render_html(notebook: Path, html: Path | None = None, exclude_input: bool = 
     import nbformat
 
     html = html or notebook.with_suffix(".html")
-    with warnings.catch_warnings():
-        # scrapbook's data outputs have no HTML form; nbconvert warns about each one.
-        warnings.filterwarnings("ignore", message="Your element with mimetype")
-        body, _ = _exporter(exclude_input, template_file).from_notebook_node(nbformat.read(notebook, as_version=4))
+    body, _ = _exporter(exclude_input, template_file).from_notebook_node(nbformat.read(notebook, as_version=4))
     html.write_text(body, encoding="utf-8")
     return html
 

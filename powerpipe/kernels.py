@@ -132,12 +132,23 @@ def preamble_code(cwd: Path, env: dict[str, str]) -> str:
     ])
 
 
+# Forget the notebook's active MLflow run without ending it: the runner ends it, after attaching the
+# executed notebook, so a run is never FINISHED without its notebook (MLflow would otherwise end it,
+# as FINISHED, at the next start_run or when the kernel exits).
+DETACH_RUN_CODE = "\n".join([
+    "import sys as _sys",
+    "if 'mlflow' in _sys.modules:",
+    "    from mlflow.tracking import fluent as _fluent",
+    "    for _stack in _fluent._active_run_stack.get_all_thread_values().values():",
+    "        _stack.clear()",
+    "    del _fluent",
+])
+
 RESET_CODE = "\n".join([
+    DETACH_RUN_CODE,
     "import sys as _sys",
     "if 'mlflow' in _sys.modules:",
     "    import mlflow as _mlflow",
-    "    while _mlflow.active_run():",
-    "        _mlflow.end_run()",
     "    if 'keras' in _sys.modules:",
     "        _mlflow.keras.autolog(disable=True)",
     "if 'matplotlib.pyplot' in _sys.modules:",

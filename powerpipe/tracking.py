@@ -252,6 +252,9 @@ def enable_sqlite_wal(uri: str) -> None:
 
     connection = sqlite3.connect(uri[len("sqlite:///"):], timeout=30)
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:  # another process has it open: stay in the default mode
+        log.debug("could not switch %s to WAL: %s", uri, exc)
     finally:
         connection.close()

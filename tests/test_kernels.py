@@ -1,0 +1,82 @@
+"""Warm, reused kernels: same results as fresh ones, reset between notebooks, light runner start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from powerpipe import data, kernels, paths
+from powerpipe.execute import execute
+
+from .conftest import make_notebook
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return data.write_processed(data.synthetic_frame("2015-01-01", "2015-03-31 23:00"), folder / "small.csv")
+
+
+@pytest.mark.parametrize("notebook, parameters", [
+    ("model_linreg.ipynb", {}),
+    ("model_rf.ipynb", {"n_estimators": 5, "max_depth": 6}),
+    ("model_keras.ipynb", {"epochs": 2, "batch_size": 256}),
+])
+def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_data, tracking_uri, notebook,
+                                                                parameters):
+    source = paths.NOTEBOOKS_DIR / notebook
+    parameters = {**parameters, "data_path": str(small_data)}
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, **kernels.thread_caps(1)}
+    fresh = execute(source, tmp_path / "fresh.ipynb", parameters, env=env, render=False)
+    assert fresh.ok, fresh.error
+    modules = kernels.notebook_imports(sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb")))
+    warm = kernels.Kernel(env=kernels.thread_caps(1), warmup=kernels.warmup_code(modules, tracking_uri, 1))
+    try:
+        # Another notebook first, so that the one compared runs on a kernel that has been used and reset.
+        other = execute(paths.NOTEBOOKS_DIR / "model_linreg.ipynb", tmp_path / "other.ipynb",
+                        {"data_path": str(small_data)}, env=env, render=False, kernel=warm)
+        assert other.ok and other.kernel_reusable
+        reused = execute(source, tmp_path / "reused.ipynb", parameters, env=env, render=False, kernel=warm)
+    finally:
+        warm.shutdown()
+    assert reused.ok, reused.error
+    assert reused.scraps["metrics"] == fresh.scraps["metrics"]
+
+
+def test_namespace_is_wiped_between_notebooks(tmp_path):
+    first = make_notebook(tmp_path / "first.ipynb", "x: int = 1", "leftover = 42")
+    second = make_notebook(tmp_path / "second.ipynb", "x: int = 1",
+                           "import os, random, scrapbook as sb\n"
+                           "sb.glue('seen', 'leftover' in globals(), display=False)\n"
+                           "sb.glue('cwd', os.getcwd(), display=False)\n"
+                           "sb.glue('draw', random.random(), display=False)")
+    kernel = kernels.Kernel()
+    try:
+        assert execute(first, tmp_path / "a" / "first.ipynb", {}, kernel=kernel, render=False).kernel_reusable
+        result = execute(second, tmp_path / "b" / "second.ipynb", {}, kernel=kernel, render=False)
+        again = execute(second, tmp_path / "c" / "second.ipynb", {}, kernel=kernel, render=False)
+    finally:
+        kernel.shutdown()
+    assert result.scraps["seen"] is False
+    assert result.scraps["cwd"] == str(tmp_path / "b")
+    assert result.scraps["draw"] == again.scraps["draw"]  # seeds reset before each notebook
+
+
+def test_failed_notebook_kernel_is_not_reused(tmp_path, notebooks):
+    kernel = kernels.Kernel()
+    try:
+        result = execute(notebooks["raises"], tmp_path / "raises.ipynb", {}, kernel=kernel, render=False)
+    finally:
+        kernel.shutdown()
+    assert not result.ok and not result.kernel_reusable
+
+
+def test_runner_start_up_imports_nothing_heavy():
+    heavy = ("mlflow", "papermill", "pandas", "tensorflow", "nbconvert", "sklearn")
+    code = f"import powerpipe.cli, sys; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
