@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for pipeline runs and the default tracking store (default: outputs/)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="notebooks run at once, each on its own kernel (default: the number of CPU cores)")
+    parser.add_argument("--executor", choices=("local", "dask"), default=None,
+                        help="where notebooks run: 'local' (warm kernels on this machine) or 'dask' (a Dask "
+                             "cluster; see --scheduler). Default: dask when --scheduler is given, else local")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                        help="Dask scheduler to send notebooks to (with --executor dask; without it, a local "
+                             "cluster of --jobs worker processes is started). Workers need the project installed "
+                             "and the outputs folder at the same path; a remote one needs an MLflow server "
+                             "(--tracking-uri http://...)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds one notebook may run before it is stopped and failed (default: the config's)")
     parser.add_argument("--fresh-kernels", action="store_true",
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by MLflow here and in the kernels
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     if not args.debug:
@@ -99,9 +108,13 @@ def run(args) -> int:
 
     if args.jobs < 1:
         raise PipelineError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.executor == "local" and args.scheduler:
+        raise PipelineError("--scheduler sends notebooks to a Dask cluster: use it with --executor dask")
+    executor = args.executor or ("dask" if args.scheduler else "local")
     options = RunOptions(config=args.config, data=args.data, tracking_uri=args.tracking_uri, outputs=args.outputs,
                          jobs=args.jobs, reuse_kernels=not args.fresh_kernels, timeout=args.timeout,
-                         force=args.force, force_promote=args.force_promote, progress=not args.quiet)
+                         force=args.force, force_promote=args.force_promote, progress=not args.quiet,
+                         executor=executor, scheduler=args.scheduler)
     bar = None
 
     def on_start(pipeline, total: int) -> None:

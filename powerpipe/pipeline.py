@@ -44,6 +44,8 @@ class RunOptions:
     force_promote: bool = False
     dry_run: bool = False
     progress: bool = True
+    executor: str = "local"  # "local": a pool of warm kernels here; "dask": tasks on a Dask cluster
+    scheduler: str | None = None  # Dask scheduler address; None with "dask": a LocalCluster of `jobs` workers
 
 
 @dataclass
@@ -187,8 +189,16 @@ class Pipeline:
         jobs = max(1, self.options.jobs)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         modules = kernels.notebook_imports([spec.notebook for spec in self.config.notebook_specs()])
+        if self.options.executor == "dask":
+            from .dask_executor import DaskExecutor
+
+            self.pool = DaskExecutor(self.options.scheduler, jobs, modules, reuse_kernels=self.options.reuse_kernels)
+            needed = [self.run_dir, self.source.path, *self.notebook_hashes]
+            self.pool.check_paths([path for path in needed if Path(path).exists()])
+            return
         warmup = kernels.warmup_code(modules, self.tracking_uri, threads)
-        self.pool = kernels.KernelPool(jobs, kernels.thread_caps(threads), warmup, reuse=self.options.reuse_kernels)
+        self.pool = LocalExecutor(
+            kernels.KernelPool(jobs, kernels.thread_caps(threads), warmup, reuse=self.options.reuse_kernels))
 
     # -- one notebook -------------------------------------------------------------------------
     def run_step(self, step: _Step) -> StepResult:
@@ -236,10 +246,8 @@ class Pipeline:
 
     def _execute(self, step: _Step, key: str) -> StepResult:
         """Run the step's task on the executor and turn its outcome into a result."""
-        from .tasks import run_task
-
         task = self.task(step, key)
-        outcome = _wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+        outcome = self.pool.run(task)
         if not outcome.ok:
             log.error("%s failed: %s\n  executed notebook: %s", step.label, outcome.error, outcome.output_notebook)
         result = StepResult(
@@ -444,8 +452,11 @@ class Pipeline:
         finally:
             if status == KILLED:  # interrupted (Ctrl-C) or crashed: leave no run RUNNING
                 self.abort()
-            elif self.pool is not None:
-                self.pool.close()
+            else:
+                if self.pool is not None:
+                    self.pool.close()
+                # An attempt whose (Dask) worker died left its run RUNNING; the grid point's result is another run.
+                self.end_running_children("its worker died before the notebook finished; the grid point ran again")
             summary = self.summary(status, self.promotion, self.report)
             summary_path = self.run_dir / "summary.json"
             summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -456,10 +467,15 @@ class Pipeline:
     def abort(self) -> None:
         if self.pool is not None:
             self.pool.kill()
+        self.end_running_children("interrupted")
+
+    def end_running_children(self, reason: str) -> None:
+        """Mark this pipeline's child runs still RUNNING as KILLED, with ``reason`` as their error."""
         for run in self.client.search_runs([self.experiment_id],
                                            f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = "
                                            f"'{self.parent_run_id}'"):
-            self.client.set_tag(run.info.run_id, "powerpipe.error", "interrupted")
+            log.warning("run %s (%s) was left RUNNING: marked KILLED", run.info.run_id, run.info.run_name)
+            self.client.set_tag(run.info.run_id, "powerpipe.error", reason)
             self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _data_summary(self) -> dict:
@@ -488,6 +504,24 @@ class Pipeline:
             "promoted": promotion.as_dict() if promotion else None,
             "report": report,
         }
+
+
+class LocalExecutor:
+    """Runs notebook tasks on this machine's pool of warm kernels; ``DaskExecutor`` has the same methods."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def run(self, task) -> "TaskOutcome":
+        from .tasks import run_task
+
+        return _wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def kill(self) -> None:
+        self.pool.kill()
 
 
 def _wait(future):
@@ -519,6 +553,10 @@ def run_pipeline(options: RunOptions, on_step: Callable[[StepResult], None] | No
         log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
                     source.path)
     uri = tracking.tracking_uri(options.tracking_uri, options.outputs)
+    if options.executor == "dask":
+        from .dask_executor import check_tracking_uri
+
+        check_tracking_uri(uri, options.scheduler)
     tracking.check_reachable(uri)
     pipeline = Pipeline(config, options, source, uri, on_step=on_step)
     if on_start:

@@ -1,0 +1,333 @@
+"""Run the pipeline's notebook tasks on a Dask distributed cluster (``--executor dask``).
+
+The runner keeps doing what it does locally (stages, promotion, report, summary.json); only the
+notebook executions move: each ``NotebookTask`` goes to the cluster as one Dask task, and a worker
+runs it with ``tasks.run_task`` on a warm kernel that it keeps between tasks. Everything a task
+needs travels with it, so the workers need the project installed (same code and environment), the
+tracking server, and the run folder and data at the same path as the runner (a shared folder).
+
+Worker death: the scheduler re-runs a task whose worker died. Every attempt's MLflow run carries
+the task's Dask key, so a new attempt marks the dead one's run KILLED, and a grid point gets at most
+``MAX_ATTEMPTS`` executions: after that (or when the scheduler gives up with ``KilledWorker``) its
+last run is marked FAILED. One grid point thus ends with exactly one FINISHED or one FAILED run.
+
+dask and distributed are imported inside functions: ``--help`` and the local executor never pay for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from .exceptions import PipelineError
+from .tasks import NotebookTask, TaskOutcome
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_KEY_TAG = "powerpipe.dask_key"  # the same on every attempt of one grid point
+WORKER_TAG = "powerpipe.dask_worker"
+MAX_ATTEMPTS = 2  # one execution, and one retry elsewhere if its worker died
+MAX_KERNEL_USES = 25  # as the local pool: a long-lived kernel is replaced now and then
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+class DaskExecutorError(PipelineError):
+    """The Dask cluster cannot be used for this pipeline (unreachable, or cannot see its files)."""
+
+
+# -- checks made before anything runs ------------------------------------------------------------
+
+def is_loopback_scheduler(address: str | None) -> bool:
+    """True for no address (a LocalCluster started here) or a scheduler on this machine's loopback."""
+    if not address:
+        return True
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    if parsed.scheme == "inproc":
+        return True
+    host = (parsed.hostname or "").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_tracking_uri(tracking_uri: str, scheduler: str | None) -> None:
+    """Refuse a store that only this machine can write to when workers may be on other machines.
+
+    A remote scheduler may hand a notebook to any machine: each would write its own SQLite file or
+    folder, and the runner would see none of those runs.
+    """
+    if is_loopback_scheduler(scheduler):
+        return
+    scheme = urllib.parse.urlsplit(tracking_uri).scheme.lower()
+    if scheme in ("sqlite", "file", "") or (len(scheme) == 1 and tracking_uri[1:3] in (":\\", ":/")):
+        from . import tracking
+
+        raise DaskExecutorError(
+            f"tracking URI {tracking.redact(tracking_uri)} is a local {'SQLite file' if scheme == 'sqlite' else 'folder'}"
+            f", but the Dask scheduler {scheduler} may run notebooks on other machines, which cannot write to "
+            "it. Start an MLflow tracking server (see README, 'Scaling out') and pass --tracking-uri "
+            "http://HOST:5000, or use --executor local.")
+
+
+# -- on the workers --------------------------------------------------------------------------------
+
+_kernels_lock = threading.Lock()
+_idle_kernels: dict[tuple, list] = {}  # kernel settings -> warm kernels not running anything
+_busy_kernels: set = set()
+
+
+def _take_kernel(settings: tuple, env: dict[str, str], warmup: str | None):
+    from . import kernels
+
+    with _kernels_lock:
+        idle = _idle_kernels.get(settings, [])
+        while idle:
+            kernel = idle.pop()
+            if kernel.alive():
+                _busy_kernels.add(kernel)
+                return kernel
+            kernel.shutdown()
+    kernel = kernels.Kernel(env=env, warmup=warmup)
+    with _kernels_lock:
+        _busy_kernels.add(kernel)
+    return kernel
+
+
+def _give_back(kernel, settings: tuple, reusable: bool) -> None:
+    with _kernels_lock:
+        _busy_kernels.discard(kernel)
+        keep = reusable and kernel.uses < MAX_KERNEL_USES
+        if keep:
+            _idle_kernels.setdefault(settings, []).append(kernel)
+    if not keep:
+        kernel.shutdown()
+
+
+def shutdown_worker_kernels(include_busy: bool = False) -> int:
+    """Stop this worker process's warm kernels (run on every worker when a pipeline ends). Returns how many."""
+    with _kernels_lock:
+        doomed = [k for kernels in _idle_kernels.values() for k in kernels]
+        _idle_kernels.clear()
+        if include_busy:  # Ctrl-C: the notebooks running on them fail at once
+            doomed += list(_busy_kernels)
+    for kernel in doomed:
+        kernel.shutdown()
+    return len(doomed)
+
+
+def _runs_of(client, task: NotebookTask, key: str) -> list:
+    """Earlier attempts' runs of this grid point, oldest first."""
+    runs = client.search_runs([task.experiment_id],
+                              f"tags.`{ATTEMPT_KEY_TAG}` = '{key}'", max_results=100)
+    return sorted(runs, key=lambda run: run.info.start_time)
+
+
+def _close_attempts(client, runs: list, reason: str, last_failed: bool) -> None:
+    """Mark attempts' runs still RUNNING as KILLED; with ``last_failed``, the latest one FAILED instead."""
+    for run in runs[:-1] if last_failed else runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "powerpipe.error", reason[:5000])
+            client.set_terminated(run.info.run_id, "KILLED")
+    if last_failed and runs:
+        client.set_tag(runs[-1].info.run_id, "powerpipe.error", reason[:5000])
+        client.set_terminated(runs[-1].info.run_id, "FAILED")
+
+
+def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_kernels: bool,
+                       host_threads: dict[str, int]) -> TaskOutcome:
+    """The Dask task: run one notebook task on this worker's warm kernel (module-level: it pickles by name).
+
+    ``host_threads``: Dask threads per machine, so that the kernels of one machine share its cores.
+    """
+    from distributed import get_worker
+
+    from . import kernels
+    from .tasks import _client, run_task
+
+    worker = get_worker()
+    client = _client(task.tracking_uri)
+    earlier = _runs_of(client, task, key)
+    if earlier:
+        where = earlier[-1].data.tags.get(WORKER_TAG, "?")
+        if len(earlier) >= MAX_ATTEMPTS:
+            reason = (f"WorkerDied: the Dask worker running this notebook died in {len(earlier)} attempts "
+                      f"(last on {where}); not tried again")
+            _close_attempts(client, earlier, reason, last_failed=True)
+            log.error("%s: %s", task.label, reason)
+            return TaskOutcome(run_id=earlier[-1].info.run_id, ok=False, error=reason,
+                               output_notebook=task.output_notebook)
+        _close_attempts(client, earlier, f"its Dask worker {where} died mid-notebook; retried on {worker.address}",
+                        last_failed=False)
+        log.warning("%s: worker %s died mid-notebook; retrying on %s", task.label, where, worker.address)
+    here = urllib.parse.urlsplit(worker.address).hostname
+    threads = max(1, (os.cpu_count() or 1) // max(1, host_threads.get(here, worker.state.nthreads)))
+    env = kernels.thread_caps(threads)
+    warmup = kernels.warmup_code(modules, task.tracking_uri, threads) if reuse_kernels else None
+    settings = (tuple(sorted(env.items())), warmup)
+    task = dataclasses.replace(task, tags={**task.tags, ATTEMPT_KEY_TAG: key, WORKER_TAG: worker.address})
+    kernel = _take_kernel(settings, env, warmup)
+    reusable = False
+    try:
+        outcome, reusable = run_task(task, kernel)
+        kernel.uses += 1
+    finally:
+        _give_back(kernel, settings, reusable and reuse_kernels)
+    return outcome
+
+
+# -- on the runner ----------------------------------------------------------------------------------
+
+def _set_log_levels(levels: dict[str, int]) -> None:
+    """Give worker processes the runner's log levels (run on a LocalCluster the runner started: its terminal)."""
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _check_on_worker(paths_wanted: list[str]) -> list[str]:
+    """Which of these paths this worker cannot see (run on every worker before the first task)."""
+    return [path for path in paths_wanted if not os.path.exists(path)]
+
+
+class DaskExecutor:
+    """Runs notebook tasks on a Dask cluster: an existing one (``scheduler``) or a LocalCluster of ``jobs`` workers.
+
+    ``run(task)`` blocks until the task's outcome is known (the runner calls it from one waiter
+    thread per grid point) and never raises for a failed notebook or a dead worker: those come back
+    as a failed ``TaskOutcome`` with its MLflow run marked FAILED.
+    """
+
+    def __init__(self, scheduler: str | None, jobs: int, modules: list[str], reuse_kernels: bool = True,
+                 connect_timeout: float = 30):
+        from distributed import Client, LocalCluster
+
+        self.scheduler = scheduler
+        self.modules = list(modules)
+        self.reuse_kernels = reuse_kernels
+        self.cluster = None
+        self._futures: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
+            except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ...: all mean "cannot use it"
+                raise DaskExecutorError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from None
+        else:
+            self.cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
+                                        host="127.0.0.1", dashboard_address=None)
+            self.client = Client(self.cluster, set_as_default=False)
+            self.client.run(_set_log_levels, {name: logging.getLogger(name).getEffectiveLevel()
+                                              for name in ("papermill", "traitlets", "mlflow", "alembic")})
+        try:
+            self.client.wait_for_workers(1, timeout=connect_timeout)
+        except Exception:  # noqa: BLE001
+            self.close()
+            raise DaskExecutorError(f"the Dask scheduler {scheduler} has no worker (waited {connect_timeout:g} s); "
+                                    "start some with: dask worker " + str(scheduler)) from None
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        self.host_threads: dict[str, int] = {}
+        for address, info in workers.items():
+            host = urllib.parse.urlsplit(address).hostname
+            self.host_threads[host] = self.host_threads.get(host, 0) + int(info["nthreads"])
+        log.info("Dask: scheduler %s, %d worker(s), %d thread(s)", self.client.scheduler.address, len(workers),
+                 sum(w["nthreads"] for w in workers.values()))
+
+    def check_paths(self, paths_wanted: list[str | Path]) -> None:
+        """Fail before any notebook runs if a worker cannot see the run folder, the data or a notebook."""
+        wanted = [str(path) for path in paths_wanted]
+        try:
+            missing = self.client.run(_check_on_worker, wanted)
+        except (ImportError, AttributeError) as exc:
+            raise DaskExecutorError(f"the Dask workers cannot import powerpipe ({exc}): install the project on "
+                                    "every worker machine (pip install -r requirements.txt -c requirements.lock "
+                                    "-e .)") from None
+        problems = {worker: paths for worker, paths in missing.items() if paths}
+        if problems:
+            lines = "\n".join(f"  {worker}: {', '.join(paths)}" for worker, paths in sorted(problems.items()))
+            raise DaskExecutorError("Dask workers cannot see these paths; the run folder (--outputs), the data and "
+                                    "the project must be at the same path on every machine (a shared folder):\n"
+                                    + lines)
+
+    def run(self, task: NotebookTask) -> TaskOutcome:
+        """Execute one task on the cluster and wait for its outcome (Ctrl-C stays responsive)."""
+        if self._closed:
+            raise RuntimeError("DaskExecutor is closed")
+        key = f"notebook-{task.tags.get('powerpipe.pipeline_run_id', 'run')}-{task.label}"
+        future = self.client.submit(run_task_on_worker, task, key, self.modules, self.reuse_kernels,
+                                    self.host_threads, key=key, pure=False, retries=1)
+        with self._lock:
+            self._futures[key] = future
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.5)
+                except TimeoutError:
+                    continue
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - KilledWorker, CancelledError, a task that raised twice
+            return self._failed(task, key, exc)
+        finally:
+            with self._lock:
+                self._futures.pop(key, None)
+
+    def _failed(self, task: NotebookTask, key: str, exc: BaseException) -> TaskOutcome:
+        """Record a task that the cluster could not complete as one FAILED run of its grid point."""
+        from . import tracking
+        from .tasks import _client
+
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if type(exc).__name__ == "KilledWorker":
+            error = f"WorkerDied: the Dask workers running this notebook died ({exc})"
+        log.error("%s: %s", task.label, error)
+        client = _client(task.tracking_uri)
+        runs = _runs_of(client, task, key)
+        if runs:
+            _close_attempts(client, runs, error, last_failed=True)
+            run_id = runs[-1].info.run_id
+        else:  # it never got as far as creating its run: create one, so the grid point has its FAILED run
+            run_id = client.create_run(task.experiment_id, run_name=task.label,
+                                       tags={**task.tags, ATTEMPT_KEY_TAG: key, **tracking.runner_tags()}).info.run_id
+            client.set_tag(run_id, "powerpipe.error", error[:5000])
+            client.set_terminated(run_id, "FAILED")
+        return TaskOutcome(run_id=run_id, ok=False, error=error, output_notebook=task.output_notebook)
+
+    def _stop_kernels(self, include_busy: bool) -> None:
+        try:
+            self.client.run(shutdown_worker_kernels, include_busy, wait=True)
+        except Exception as exc:  # noqa: BLE001 - a worker gone already has no kernel left
+            log.debug("could not stop the workers' kernels: %s", exc)
+
+    def close(self) -> None:
+        """Stop the workers' warm kernels (they hold memory on a shared cluster), disconnect, stop a LocalCluster."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_kernels(include_busy=False)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def kill(self) -> None:
+        """Ctrl-C: cancel every task not finished and kill the kernels running notebooks."""
+        if self._closed:
+            return
+        with self._lock:
+            futures = list(self._futures.values())
+        if futures:
+            try:
+                self.client.cancel(futures, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._stop_kernels(include_busy=True)
+        self.close()
+

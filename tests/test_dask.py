@@ -1,0 +1,311 @@
+"""The Dask executor: a LocalCluster of 2 worker processes and an `mlflow server`, both on loopback, both
+started here. The smoke pipeline through them must match the local executor's; a worker killed
+mid-notebook must lead to one retry (or one FAILED run), never a lost or duplicated grid point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from powerpipe import cli, paths
+from powerpipe.dask_executor import DaskExecutorError, check_tracking_uri, is_loopback_scheduler
+
+from .conftest import make_notebook
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+# -- refusals, before anything runs (no cluster needed) ---------------------------------------------
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "file:///tmp/x/mlruns", "/tmp/x/mlruns", "mlruns"])
+def test_remote_scheduler_refuses_a_local_tracking_store(uri):
+    with pytest.raises(DaskExecutorError, match="MLflow tracking server"):
+        check_tracking_uri(uri, "tcp://10.0.0.7:8786")
+
+
+@pytest.mark.parametrize("scheduler", [None, "tcp://127.0.0.1:8786", "tcp://localhost:8786", "tcp://[::1]:8786"])
+def test_a_cluster_on_this_machine_may_use_a_local_store(scheduler):
+    assert is_loopback_scheduler(scheduler)
+    check_tracking_uri("sqlite:////tmp/x/mlflow.db", scheduler)  # no error
+
+
+def test_remote_scheduler_accepts_a_tracking_server():
+    assert not is_loopback_scheduler("tcp://scheduler.example.org:8786")
+    check_tracking_uri("http://mlflow.example.org:5000", "tcp://scheduler.example.org:8786")
+    check_tracking_uri("postgresql://u:p@db.example.org/mlflow", "tcp://10.0.0.7:8786")
+
+
+def test_cli_refuses_sqlite_with_a_remote_scheduler_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "store" / "mlflow.db"
+    code = cli.main(["--config", str(paths.SMOKE_CONFIG), "--data", "synthetic", "--outputs", str(tmp_path / "out"),
+                     "--executor", "dask", "--scheduler", "tcp://192.0.2.1:8786", "--tracking-uri",
+                     f"sqlite:///{db}", "--quiet"])
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is a local SQLite file" in err and "tcp://192.0.2.1:8786" in err and "--tracking-uri http://" in err
+    assert not db.exists() and not (tmp_path / "out").exists()  # no store, no run folder: nothing ran
+
+
+def test_cli_scheduler_needs_the_dask_executor(tmp_path, capsys):
+    code = cli.main(["--config", str(paths.SMOKE_CONFIG), "--outputs", str(tmp_path), "--executor", "local",
+                     "--scheduler", "tcp://127.0.0.1:8786"])
+    assert code == cli.EXIT_USAGE
+    assert "--executor dask" in capsys.readouterr().err
+
+
+# -- a tracking server and a cluster, started here ---------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a SQLite backend and a served artifact root, on loopback."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = open(folder / "server.log", "wb")
+    process = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+    yield {"uri": uri, "artifacts": folder / "artifacts"}
+    os.killpg(process.pid, signal.SIGTERM)  # the server's own workers too
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A LocalCluster of 2 single-threaded worker processes (with nannies, which restart killed workers)."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None)
+    client = Client(local)
+    client.wait_for_workers(2, timeout=60)
+    yield local, client
+    client.close()
+    local.close()
+
+
+def _run_cli(*args: str) -> int:
+    return cli.main([*args, "--quiet"])
+
+
+def _summary(outputs: Path) -> dict:
+    (run_dir,) = [p for p in outputs.iterdir() if (p / "summary.json").exists()]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_workers_that_cannot_see_a_path_are_named_before_anything_runs(cluster, tmp_path):
+    from powerpipe.dask_executor import DaskExecutor
+
+    local_cluster, dask_client = cluster
+    executor = DaskExecutor(local_cluster.scheduler_address, jobs=2, modules=[])
+    try:
+        executor.check_paths([tmp_path, paths.SMOKE_CONFIG])  # seen by every worker: no error
+        with pytest.raises(DaskExecutorError, match="same path on every machine") as caught:
+            executor.check_paths([tmp_path, tmp_path / "only-on-the-runner"])
+        message = str(caught.value)
+        assert str(tmp_path / "only-on-the-runner") in message
+        assert all(address in message for address in dask_client.scheduler_info(n_workers=-1)["workers"])
+    finally:
+        executor.close()
+    assert dask_client.scheduler_info(n_workers=-1)["workers"]  # closing left the user's cluster running
+
+
+# -- same results as the local executor ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_server, cluster, tmp_path):
+    import mlflow
+
+    local_cluster, _ = cluster
+    outputs = tmp_path / "shared_outputs"  # every worker of a LocalCluster sees this folder
+    code = _run_cli("--config", str(paths.SMOKE_CONFIG), "--data", "synthetic", "--outputs", str(outputs),
+                    "--tracking-uri", mlflow_server["uri"], "--executor", "dask",
+                    "--scheduler", local_cluster.scheduler_address)
+    assert code == 0 == smoke_run["exit_code"]
+    remote, local = _summary(outputs), json.loads((smoke_run["run_dir"] / "summary.json").read_text())
+    assert remote["status"] == local["status"] == "ok"
+
+    def points(summary):
+        return [(p["stage"], p["notebook"], p["parameters"], p["status"], p["output_notebook"])
+                for p in summary["grid_points"]]
+
+    assert points(remote) == points(local)
+    for mine, theirs in zip(remote["grid_points"], local["grid_points"]):
+        assert set(mine["metrics"]) == set(theirs["metrics"])
+        if mine["notebook"] == "model_keras.ipynb":  # float order of operations may differ between processes
+            assert mine["metrics"] == pytest.approx(theirs["metrics"], rel=0.05)
+        else:
+            assert mine["metrics"] == theirs["metrics"], mine["notebook"]
+        assert mine["output_notebook"] is None or (outputs / remote["pipeline_run_id"] / mine["output_notebook"]).is_file()
+    assert (outputs / remote["pipeline_run_id"] / remote["report"]).is_file()
+
+    # the promoted model: the same grid point, registered and aliased on the tracking server
+    client, local_client = mlflow.MlflowClient(mlflow_server["uri"]), mlflow.MlflowClient(smoke_run["tracking_uri"])
+    promoted, local_promoted = remote["promoted"], local["promoted"]
+    assert promoted["value"] == local_promoted["value"] and promoted["metric"] == local_promoted["metric"]
+    run, local_run = client.get_run(promoted["run_id"]), local_client.get_run(local_promoted["run_id"])
+    for tag in ("powerpipe.notebook", "powerpipe.parameters"):
+        assert run.data.tags[tag] == local_run.data.tags[tag]
+    assert client.get_model_version_by_alias("BestModel", "production").run_id == promoted["run_id"]
+
+    # MLflow holds the same: one FINISHED run per executed notebook, its notebook uploaded through the server
+    experiment = client.get_experiment_by_name("predicting_wind_solar_smoke")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server stores artifacts
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{remote['mlflow_parent_run_id']}'")
+    assert sorted(r.info.run_id for r in children) == sorted(p["mlflow_run_id"] for p in remote["grid_points"])
+    assert {r.info.status for r in children} == {"FINISHED"}
+    for point in remote["grid_points"]:
+        assert client.get_run(point["mlflow_run_id"]).data.metrics.get("rmse") == point["metrics"].get("rmse")
+        if point["stage"] == "train":
+            names = {a.path for a in client.list_artifacts(point["mlflow_run_id"], "notebook")}
+            assert {f"notebook/{Path(point['output_notebook']).name}",
+                    f"notebook/{Path(point['output_notebook']).with_suffix('.html').name}"} <= names
+    assert list(mlflow_server["artifacts"].rglob("MLmodel"))  # model files landed in the server's artifact root
+
+
+# -- a worker that dies mid-notebook ------------------------------------------------------------------
+
+def _worker_config(tmp_path: Path, experiment: str, grid: str, seconds: float) -> Path:
+    make_notebook(
+        tmp_path / "nbs" / "sleepy.ipynb",
+        "data_path: str | None = None\npoint: int = 0\nseconds: float = 0.0\nkill_worker: bool = False",
+        "import os, signal, time\nfrom powerpipe import tracking\nrun = tracking.notebook_run()",
+        "if kill_worker:  # the kernel's parent is the Dask worker process\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)\n    time.sleep(60)\ntime.sleep(seconds)",
+        "tracking.record_metrics({'rmse': float(point), 'mae': 1.0, 'r2': 0.5})",
+    )
+    config = tmp_path / "dask_test.yaml"
+    config.write_text(f"experiment: {experiment}\nroot: .\ntimeout: 300\nstages:\n  train:\n"
+                      f"    - notebook: nbs/sleepy.ipynb\n      parameters: {{seconds: {seconds}}}\n"
+                      f"      grid: {grid}\n")
+    return config
+
+
+def _runs_by_point(client, experiment: str, parent_run_id: str) -> dict[str, list]:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    by_point: dict[str, list] = {}
+    for run in runs:
+        by_point.setdefault(run.data.tags["powerpipe.parameters"], []).append(run)
+    return by_point
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_notebook_is_retried_once_elsewhere(mlflow_server, cluster, tmp_path):
+    import mlflow
+
+    local_cluster, dask_client = cluster
+    experiment = "dask_worker_killed"
+    config = _worker_config(tmp_path, experiment, "{point: [1, 2, 3]}", seconds=5.0)
+    outputs = tmp_path / "outputs"
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(code=_run_cli(
+        "--config", str(config), "--data", "synthetic", "--outputs", str(outputs), "--tracking-uri",
+        mlflow_server["uri"], "--scheduler", local_cluster.scheduler_address)))
+    runner.start()
+
+    # Once a notebook runs on a worker, kill that worker process (SIGKILL: no clean-up of any kind).
+    client = mlflow.MlflowClient(mlflow_server["uri"])
+    worker_pids = set(dask_client.run(os.getpid).values())
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline and runner.is_alive():
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'"):
+                pid = int(run.data.tags.get("powerpipe.runner_pid", 0))
+                if pid in worker_pids and run.data.tags.get("powerpipe.kind") == "notebook":
+                    victim = run
+                    break
+        time.sleep(0.2)
+    assert victim is not None, "no notebook was seen running on a worker"
+    time.sleep(1)  # well inside the notebook's 5 s sleep
+    os.kill(int(victim.data.tags["powerpipe.runner_pid"]), signal.SIGKILL)
+    runner.join(timeout=240)
+    assert not runner.is_alive()
+
+    assert result["code"] == 0
+    summary = _summary(outputs)
+    assert summary["status"] == "ok"
+    assert sorted(p["parameters"]["point"] for p in summary["grid_points"]) == [1, 2, 3]  # none lost, none twice
+    assert all(p["status"] == "ok" for p in summary["grid_points"])
+    assert {p["metrics"]["rmse"] for p in summary["grid_points"]} == {1.0, 2.0, 3.0}
+
+    by_point = _runs_by_point(client, experiment, summary["mlflow_parent_run_id"])
+    killed_point = victim.data.tags["powerpipe.parameters"]
+    for point, runs in by_point.items():
+        statuses = sorted(r.info.status for r in runs)
+        assert statuses == (["FINISHED", "KILLED"] if point == killed_point else ["FINISHED"]), point
+    dead = next(r for r in by_point[killed_point] if r.info.status == "KILLED")
+    assert dead.info.run_id == victim.info.run_id
+    assert "died" in dead.data.tags["powerpipe.error"]
+    retried = next(r for r in by_point[killed_point] if r.info.status == "FINISHED")
+    assert retried.info.run_id in {p["mlflow_run_id"] for p in summary["grid_points"]}
+    assert retried.data.tags["powerpipe.runner_pid"] != victim.data.tags["powerpipe.runner_pid"]
+
+
+@pytest.mark.slow
+def test_a_notebook_whose_worker_always_dies_is_one_failed_grid_point(mlflow_server, cluster, tmp_path):
+    import mlflow
+
+    local_cluster, _ = cluster
+    experiment = "dask_worker_always_dies"
+    config = _worker_config(tmp_path, experiment, "{kill_worker: [false, true]}", seconds=0.0)
+    outputs = tmp_path / "outputs"
+    code = _run_cli("--config", str(config), "--data", "synthetic", "--outputs", str(outputs), "--tracking-uri",
+                    mlflow_server["uri"], "--executor", "dask", "--scheduler", local_cluster.scheduler_address)
+    assert code == cli.EXIT_FAILED
+    summary = _summary(outputs)
+    assert summary["status"] == "failed"
+    points = {p["parameters"]["kill_worker"]: p for p in summary["grid_points"]}
+    assert len(summary["grid_points"]) == 2 and set(points) == {False, True}
+    assert points[False]["status"] == "ok"
+    assert points[True]["status"] == "failed" and "died" in points[True]["error"]
+
+    client = mlflow.MlflowClient(mlflow_server["uri"])
+    by_point = _runs_by_point(client, experiment, summary["mlflow_parent_run_id"])
+    assert len(by_point) == 2
+    healthy, dying = (by_point[key] for key in sorted(by_point))  # '"kill_worker": false' sorts first
+    assert [r.info.status for r in healthy] == ["FINISHED"]
+    statuses = sorted(r.info.status for r in dying)
+    assert statuses.count("FAILED") == 1 and "FINISHED" not in statuses and "RUNNING" not in statuses
+    assert set(statuses) <= {"FAILED", "KILLED"} and len(dying) == 2  # the first attempt and its one retry
+    failed = next(r for r in dying if r.info.status == "FAILED")
+    assert failed.info.run_id == points[True]["mlflow_run_id"]
