@@ -1,8 +1,8 @@
 """When a grid point need not run again: a FINISHED run with the same inputs already exists.
 
 A run's inputs are summed up in one key, tagged on the run: the notebook's content hash, the
-parameters that shape its result (not the per-run paths), the data's SHA-256 and the installed
-versions of the main packages. Equal keys mean the earlier run is reused instead of executed.
+parameters that shape its result (not the per-run paths), the data's SHA-256, the installed
+versions of the main packages and the hash of this package's own code. Equal keys mean the earlier run is reused instead of executed.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 CACHE_KEY_TAG = "powerpipe.cache_key"
@@ -30,13 +31,23 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def cache_key(notebook_sha256: str, parameters: dict[str, Any], data_sha256: str, extra: dict | None = None) -> str:
+@lru_cache(maxsize=1)
+def shared_code_sha256() -> str:
+    """SHA-256 of this package's sources: the notebooks' split, metrics and logging live here."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(notebook_sha256: str, parameters: dict[str, Any], data_sha256: str) -> str:
     payload = {
         "notebook": notebook_sha256,
         "parameters": parameters,
         "data": data_sha256,
         "packages": package_versions(),
-        "extra": extra or {},
+        "powerpipe": shared_code_sha256(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

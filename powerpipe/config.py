@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class NotebookSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
     where: str = ""  # "file: stages.train[1]" for messages
+    label_keys: tuple[str, ...] = ()  # fixed parameters named in labels (a notebook listed more than once)
 
     @property
     def name(self) -> str:
@@ -67,8 +68,8 @@ class GridPoint:
     @property
     def label(self) -> str:
         """File-name-safe name built from the notebook and the grid values: ``model_rf__max_depth_4``."""
-        parts = [self.spec.name] + [f"{k}_{_slug(v)}" for k, v in self.varying.items()]
-        return "__".join(parts)
+        named = {**{k: self.parameters[k] for k in self.spec.label_keys}, **self.varying}
+        return "__".join([self.spec.name] + [f"{k}_{_slug(v)}" for k, v in named.items()])
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,17 @@ def load_config(path: str | Path) -> PipelineConfig:
         return NotebookSpec(stage, notebook_path, dict(parameters), dict(grid), where)
 
     train = [notebook_spec("train", e, f"stages.train[{i}]") for i, e in enumerate(train_raw)]
+    listed = [spec.notebook for spec in train]
+    # A notebook listed twice (say, with other fixed parameters): its labels name those too.
+    train = [replace(spec, label_keys=tuple(spec.parameters)) if listed.count(spec.notebook) > 1 else spec
+             for spec in train]
+    seen: dict[str, str] = {}
+    for spec in train:
+        for point in spec.grid_points():
+            if point.label in seen:
+                raise ConfigError(f"{spec.where}: grid point {point.label} is already in {seen[point.label]}; "
+                                  "each grid point must differ in its notebook or parameters")
+            seen[point.label] = spec.where
     single = {
         stage: notebook_spec(stage, stages[stage], f"stages.{stage}") if stages.get(stage) is not None else None
         for stage in ("process", "compare", "report")
@@ -201,19 +213,19 @@ def validate_parameters(config: PipelineConfig) -> None:
         missing = [key for key in runtime if key not in declared]
         if missing:
             raise ConfigError(
-                f"{config.path}: {spec.where}: notebook {spec.notebook} must declare parameter(s) "
+                f"{spec.where}: notebook {spec.notebook} must declare parameter(s) "
                 f"{', '.join(missing)} in its parameters cell (the runner sets them)"
             )
         overridden = [key for key in (*spec.parameters, *spec.grid) if key in runtime]
         if overridden:
             raise ConfigError(
-                f"{config.path}: {spec.where}: parameter '{overridden[0]}' is set by the runner and cannot be "
+                f"{spec.where}: parameter '{overridden[0]}' is set by the runner and cannot be "
                 "given in the config"
             )
-        check_values(spec.notebook, spec.parameters, f"{config.path}: {spec.where}.parameters")
+        check_values(spec.notebook, spec.parameters, f"{spec.where}.parameters")
         for key, values in spec.grid.items():
             for value in values:
-                check_values(spec.notebook, {key: value}, f"{config.path}: {spec.where}.grid.{key}")
+                check_values(spec.notebook, {key: value}, f"{spec.where}.grid.{key}")
 
 
 def _no_unknown(mapping: dict, allowed: set[str], where: str) -> None:

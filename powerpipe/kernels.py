@@ -17,6 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .exceptions import PipelineError
+
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "python3"
@@ -26,7 +28,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 SEED = 0
 
 
-class KernelError(RuntimeError):
+class KernelError(PipelineError):
     """A kernel could not be started or prepared."""
 
 
@@ -95,13 +97,16 @@ def notebook_imports(notebooks) -> list[str]:
 def warmup_code(modules: list[str], tracking_uri: str | None, threads: int) -> str:
     """Code a new kernel runs once: import what the notebooks import, open the tracking store."""
     lines = [
-        "import importlib as _importlib",
         "%matplotlib inline",
-        f"for _name in {modules!r}:",
-        "    try:",
-        "        _importlib.import_module(_name)",
-        "    except ImportError:",
-        "        pass  # `from x import function`: not a module; the notebook will import it",
+        "def _powerpipe_warm_up(modules):",
+        "    import importlib",
+        "    for name in modules:",
+        "        try:",
+        "            importlib.import_module(name)",
+        "        except ImportError:",
+        "            pass  # `from x import function`: not a module; the notebook will import it",
+        f"_powerpipe_warm_up({modules!r})",
+        "del _powerpipe_warm_up",
         "import sys as _sys",
         "if 'tensorflow' in _sys.modules:",
         "    import tensorflow as _tf",
@@ -115,7 +120,7 @@ def warmup_code(modules: list[str], tracking_uri: str | None, threads: int) -> s
             "    import mlflow as _mlflow",
             f"    _mlflow.MlflowClient({tracking_uri!r}).search_experiments(max_results=1)",
         ]
-    lines.append("del _importlib, _name, _sys")
+    lines.append("for _name in ('_sys', '_tf', '_mlflow', '_name'):\n    globals().pop(_name, None)")
     return "\n".join(lines)
 
 
@@ -197,8 +202,11 @@ class Kernel:
             if msg["header"]["msg_type"] == "error":
                 errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
 
-        reply = self.kc.execute_interactive(code, timeout=timeout, store_history=False, output_hook=collect,
-                                            allow_stdin=False)
+        try:
+            reply = self.kc.execute_interactive(code, timeout=timeout, store_history=False, output_hook=collect,
+                                                allow_stdin=False)
+        except Exception as exc:  # noqa: BLE001 - a timeout or a dead kernel: the kernel is unusable
+            raise KernelError(f"kernel did not answer: {type(exc).__name__}: {exc}") from None
         if reply["content"]["status"] != "ok":
             raise KernelError("; ".join(errors) or f"kernel bookkeeping failed: {reply['content'].get('evalue')}")
 
@@ -306,6 +314,9 @@ class KernelPool:
                 if kernel is None or not kernel.alive():
                     self._retire(kernel)
                     kernel = self._new_kernel()
+                if self._closing:  # killed while this kernel started: run nothing more
+                    future.set_exception(KernelError("the pipeline was stopped"))
+                    break
                 result, reusable = fn(kernel)
                 kernel.uses += 1
                 if not (reusable and self.reuse) or kernel.uses >= self.max_uses:
@@ -329,9 +340,18 @@ class KernelPool:
             thread.join()
 
     def kill(self) -> None:
-        """Stop now: drop queued work and kill every kernel (Ctrl-C)."""
+        """Stop now: cancel all queued work and kill every kernel (Ctrl-C)."""
+        import queue
+
         self._closing = True
         self._wanted.set()
+        while True:  # every queued task is cancelled, so that nobody waits on it for ever
+            try:
+                item = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
         with self._lock:
             kernels = list(self._kernels)
         for kernel in kernels:

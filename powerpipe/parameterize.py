@@ -58,12 +58,13 @@ def load_notebook_json(path: str | Path) -> dict:
 
 
 def notebook_hash(path: str | Path) -> str:
-    """SHA-256 of the notebook's code and markdown sources (outputs and metadata do not count)."""
+    """SHA-256 of the notebook's cells: type, tags and source (outputs and other metadata do not count)."""
     nb = load_notebook_json(path)
     digest = hashlib.sha256()
     for cell in nb.get("cells", []):
         source = cell.get("source", "")
         digest.update(cell.get("cell_type", "").encode())
+        digest.update(json.dumps(cell.get("metadata", {}).get("tags", [])).encode())
         digest.update(("".join(source) if isinstance(source, list) else source).encode())
     return digest.hexdigest()
 

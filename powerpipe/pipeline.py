@@ -42,7 +42,6 @@ class RunOptions:
     timeout: float | None = None  # overrides the config's
     force: bool = False  # run every grid point even when a cached run exists
     force_promote: bool = False
-    dry_run: bool = False
     progress: bool = True
     executor: str = "local"  # "local": a pool of warm kernels here; "dask": tasks on a Dask cluster
     scheduler: str | None = None  # Dask scheduler address; None with "dask": a LocalCluster of `jobs` workers
@@ -61,9 +60,12 @@ class StepResult:
     output_notebook: str | None = None
     seconds: float = 0.0
     error: str | None = None
+    # Not in summary.json: the name of the execution, and the earlier run a cached result reuses.
+    label: str = field(default="", repr=False, compare=False)
+    cached_run: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("label", "cached_run")}
 
 
 @dataclass
@@ -85,13 +87,16 @@ def plan(config: PipelineConfig) -> list[PlannedStep]:
         steps.append(PlannedStep("train", point.spec.notebook, {**point.parameters, "data_path": "<processed data>"},
                                  point.label))
     if config.compare:
+        promote = config.promote
         steps.append(PlannedStep("compare", config.compare.notebook,
-                                 {**config.compare.parameters, "run_ids": "<training runs>"}, config.compare.name))
+                                 {**config.compare.parameters, "parent_run_id": "<pipeline run>",
+                                  "run_ids": "<training runs>", "metric": promote.metric if promote else "rmse",
+                                  "goal": promote.goal if promote else "minimize"}, config.compare.name))
     if config.report:
-        model = f"models:/{config.promote.model_name}@{config.promote.alias}"
+        model = f"models:/{config.promote.model_name}/<version @{config.promote.alias}>"
         steps.append(PlannedStep("report", config.report.notebook,
-                                 {**config.report.parameters, "model_uri": model, "data_path": "<processed data>"},
-                                 config.report.name))
+                                 {**config.report.parameters, "model_uri": model, "data_path": "<processed data>",
+                                  "synthetic_data": "<whether the data is synthetic>"}, config.report.name))
     return steps
 
 
@@ -130,6 +135,7 @@ class _Step:
     cache_parameters: dict[str, Any]  # what, besides notebook and data, decides the result
     render: bool = True
     inputs_sha256: str | None = None  # identity of its input data, if not the pipeline's data; "": unknown yet
+    report_html: Path | None = None  # the report stage: where its code-free HTML goes
 
 
 class Pipeline:
@@ -241,7 +247,7 @@ class Pipeline:
             notebook=str(spec.notebook), stage=spec.stage, label=step.label, output_notebook=str(output),
             parameters=step.parameters, shown=step.shown, tags=tags, tracking_uri=self.tracking_uri,
             experiment_id=self.experiment_id, experiment_name=self.config.experiment, cache_key=key,
-            timeout=self.timeout, render=step.render,
+            timeout=self.timeout, render=step.render, report_html=str(step.report_html) if step.report_html else None,
         )
 
     def _execute(self, step: _Step, key: str) -> StepResult:
@@ -252,7 +258,7 @@ class Pipeline:
             log.error("%s failed: %s\n  executed notebook: %s", step.label, outcome.error, outcome.output_notebook)
         result = StepResult(
             stage=step.spec.stage, notebook=step.spec.notebook.name, parameters=step.shown,
-            status=OK if outcome.ok else FAILED, metrics=outcome.metrics, mlflow_run_id=outcome.run_id,
+            status=OK if outcome.ok else FAILED, metrics=outcome.metrics, mlflow_run_id=outcome.run_id or None,
             output_notebook=os.path.relpath(outcome.output_notebook, self.run_dir), seconds=outcome.seconds,
             error=outcome.error,
         )
@@ -301,15 +307,8 @@ class Pipeline:
                      dict(spec.parameters), inputs_sha256=inputs)
         result = self.run_step(step)
         if result.status == CACHED:
-            earlier = Path(result.cached_run.data.tags.get("powerpipe.processed_path", ""))
-            wanted = result.cached_run.data.tags.get("powerpipe.processed_sha256")
-            if earlier.is_file() and data_module.file_sha256(earlier) == wanted:
-                processed.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(earlier, processed)
-            else:  # the earlier output is gone or changed: run it after all
-                self.results.remove(result)
-                self.cached_runs.pop(result.cached_run.data.tags.get("powerpipe.cache_key"), None)
-                result = self.run_step(step)
+            result = self._restore_cached_output(step, result, "powerpipe.processed_path", processed,
+                                                 sha256_tag="powerpipe.processed_sha256")
         if result.status not in DONE:
             return False
         if not processed.is_file():
@@ -393,39 +392,48 @@ class Pipeline:
 
     def run_report(self) -> str | None:
         from . import tracking
-        from .execute import render_html
 
         spec = self.config.report
         promote = self.config.promote
-        model_uri = f"models:/{promote.model_name}@{promote.alias}"
+        alias_uri = f"models:/{promote.model_name}@{promote.alias}"
         try:
-            version = tracking.describe_model(model_uri, self.client)["version"]
+            version = tracking.describe_model(alias_uri, self.client)["version"]
         except Exception:  # noqa: BLE001 - no such model or alias yet
-            self.skip("report", spec.notebook, spec.parameters, f"no model holds {model_uri}")
-            log.warning("report skipped: no model holds %s", model_uri)
+            self.skip("report", spec.notebook, spec.parameters, f"no model holds {alias_uri}")
+            log.warning("report skipped: no model holds %s", alias_uri)
             return None
+        # The version the alias points at now, pinned: the report and its cache key name the same model.
+        model_uri = f"models:/{promote.model_name}/{version}"
+        html = self.run_dir / "report" / "weekly_report.html"
         parameters = {**spec.parameters, "model_uri": model_uri, "data_path": str(self.data_path),
                       "synthetic_data": self.source.synthetic}
         step = _Step(spec, parameters, dict(spec.parameters), spec.name, self.run_dir / "report",
-                     {**spec.parameters, "model": f"{promote.model_name}/{version}",
-                      "synthetic_data": self.source.synthetic}, render=False)
+                     {**spec.parameters, "model": model_uri, "synthetic_data": self.source.synthetic},
+                     render=False, report_html=html)
         result = self.run_step(step)
-        html = self.run_dir / "report" / "weekly_report.html"
         if result.status == CACHED:
-            earlier = Path(result.cached_run.data.tags.get("powerpipe.report_path", ""))
-            if not earlier.is_file():
-                return None
-            html.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(earlier, html)
-        elif result.status == OK:
-            render_html(self.run_dir / result.output_notebook, html, exclude_input=True,
-                        template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
-            for run_id in (result.mlflow_run_id, self.parent_run_id):
-                self.client.log_artifact(run_id, str(html), artifact_path="report")
-            self.client.set_tag(result.mlflow_run_id, "powerpipe.report_path", str(html))
-        else:
+            result = self._restore_cached_output(step, result, "powerpipe.report_path", html)
+        if result.status not in DONE:
             return None
+        self.client.log_artifact(self.parent_run_id, str(html), artifact_path="report")
         return os.path.relpath(html, self.run_dir)
+
+    def _restore_cached_output(self, step: _Step, result: StepResult, tag: str, target: Path,
+                               sha256_tag: str | None = None) -> StepResult:
+        """Copy a cached run's output file (named by its ``tag``) to ``target``; if it is gone or changed,
+        run the step after all."""
+        tags = result.cached_run.data.tags
+        earlier = Path(tags.get(tag, ""))
+        intact = earlier.is_file() and (sha256_tag is None or data_module.file_sha256(earlier) == tags.get(sha256_tag))
+        if intact:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(earlier, target)
+            return result
+        log.info("%s: the output of cached run %s is gone; running it again", step.label, result.cached_run.info.run_id)
+        with self._results_lock:
+            self.results.remove(result)
+        self.cached_runs.pop(tags.get("powerpipe.cache_key"), None)
+        return self.run_step(step)
 
     # -- whole run ----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -456,7 +464,8 @@ class Pipeline:
                 if self.pool is not None:
                     self.pool.close()
                 # An attempt whose (Dask) worker died left its run RUNNING; the grid point's result is another run.
-                self.end_running_children("its worker died before the notebook finished; the grid point ran again")
+                self.end_running_children("left open when the pipeline ended (its worker died before the "
+                                          "notebook finished; the grid point ran again or failed)")
             summary = self.summary(status, self.promotion, self.report)
             summary_path = self.run_dir / "summary.json"
             summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -513,9 +522,13 @@ class LocalExecutor:
         self.pool = pool
 
     def run(self, task) -> "TaskOutcome":
-        from .tasks import run_task
+        from .kernels import KernelError
+        from .tasks import TaskOutcome, run_task
 
-        return _wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+        try:
+            return _wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+        except KernelError as exc:  # no kernel could be started for it: this grid point fails
+            return TaskOutcome(run_id="", ok=False, error=str(exc), output_notebook=task.output_notebook)
 
     def close(self) -> None:
         self.pool.close()

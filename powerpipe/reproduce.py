@@ -55,7 +55,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .execute import execute
+    from .tasks import NotebookTask, run_task
 
     uri = tracking.tracking_uri(tracking_uri, outputs)
     tracking.check_reachable(uri)
@@ -81,39 +81,33 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
 
     notebook_name = tags["powerpipe.notebook"]
     parameters = json.loads(tags["powerpipe.parameters"])
-    source_dir = Path(tempfile.mkdtemp(prefix="powerpipe-reproduce-"))
-    try:
-        notebook = Path(client.download_artifacts(run_id, f"source/{notebook_name}", str(source_dir)))
-    except (MlflowException, OSError) as exc:
-        raise PipelineError(f"run {run_id} has no notebook source recorded (artifact source/{notebook_name}): "
-                            f"{exc}") from None
-
-    new = client.create_run(run.info.experiment_id, run_name=f"reproduce {run.info.run_name}", tags={
-        "powerpipe.kind": "reproduction",
-        "powerpipe.reproduces": run_id,
-        "powerpipe.stage": "reproduce",
-        "powerpipe.notebook": notebook_name,
-        "powerpipe.notebook_sha256": tags.get("powerpipe.notebook_sha256", ""),
-        "powerpipe.data_sha256": actual_sha,
-        "powerpipe.parameters": tags["powerpipe.parameters"],
-        **tracking.runner_tags(),
-    })
-    for name, value in parameters.items():
-        client.log_param(new.info.run_id, name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
-    output = Path(outputs).resolve() / "reproductions" / new.info.run_id / f"{run.info.run_name}.ipynb"
-    log.info("re-executing %s with %s on %s", notebook_name, parameters, path)
-    execution = execute(notebook, output, {**parameters, "data_path": str(path)}, timeout=timeout, env={
-        tracking.RUN_ID_ENV: new.info.run_id,
-        tracking.TRACKING_URI_ENV: uri,
-        tracking.EXPERIMENT_ENV: client.get_experiment(run.info.experiment_id).name,
-    })
-    for artifact in (execution.output_notebook, execution.output_html):
-        if artifact is not None and artifact.exists():
-            client.log_artifact(new.info.run_id, str(artifact), artifact_path="notebook")
+    with tempfile.TemporaryDirectory(prefix="powerpipe-reproduce-") as source_dir:
+        try:
+            notebook = client.download_artifacts(run_id, f"source/{notebook_name}", source_dir)
+        except (MlflowException, OSError) as exc:
+            raise PipelineError(f"run {run_id} has no notebook source recorded (artifact source/{notebook_name}): "
+                                f"{exc}") from None
+        output = Path(outputs).resolve() / "reproductions" / run_id / f"{run.info.run_name}.ipynb"
+        task = NotebookTask(
+            notebook=notebook, stage="reproduce", label=f"reproduce {run.info.run_name}", output_notebook=str(output),
+            parameters={**parameters, "data_path": str(path)}, shown=parameters,
+            tags={
+                "powerpipe.kind": "reproduction",
+                "powerpipe.reproduces": run_id,
+                "powerpipe.stage": "reproduce",
+                "powerpipe.notebook": notebook_name,
+                "powerpipe.notebook_sha256": tags.get("powerpipe.notebook_sha256", ""),
+                "powerpipe.data_sha256": actual_sha,
+                "powerpipe.data_path": str(path),
+                "powerpipe.parameters": tags["powerpipe.parameters"],
+            },
+            tracking_uri=uri, experiment_id=run.info.experiment_id,
+            experiment_name=client.get_experiment(run.info.experiment_id).name, cache_key="", timeout=timeout,
+        )
+        log.info("re-executing %s with %s on %s", notebook_name, parameters, path)
+        outcome, _ = run_task(task, kernel=None)  # a fresh kernel, as nothing else runs beside it
     recorded = {k: v for k, v in run.data.metrics.items() if k in METRICS}
-    reproduced = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
-    mismatched = sorted(k for k in recorded if reproduced.get(k) != recorded[k])
-    client.set_tag(new.info.run_id, "powerpipe.metrics_match", str(not mismatched and execution.ok).lower())
-    client.set_terminated(new.info.run_id, "FINISHED" if execution.ok else "FAILED")
-    return Reproduction(run_id, new.info.run_id, notebook_name, output, recorded, reproduced,
-                        error=execution.error, mismatched=mismatched)
+    mismatched = sorted(k for k in recorded if outcome.metrics.get(k) != recorded[k])
+    client.set_tag(outcome.run_id, "powerpipe.metrics_match", str(not mismatched and outcome.ok).lower())
+    return Reproduction(run_id, outcome.run_id, notebook_name, output, recorded, outcome.metrics,
+                        error=outcome.error, mismatched=mismatched)

@@ -33,6 +33,7 @@ class NotebookTask:
     cache_key: str
     timeout: float | None = None
     render: bool = True
+    report_html: str | None = None  # also render the executed notebook as a report here: no code, offline
 
 
 @dataclass
@@ -59,6 +60,13 @@ def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _render_report(notebook: Path, html: Path) -> None:
+    from . import paths
+    from .execute import render_html
+
+    render_html(notebook, html, exclude_input=True, template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
+
+
 def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     """Create the task's MLflow run, execute the notebook under it, attach it, close the run.
 
@@ -73,28 +81,36 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     output = Path(task.output_notebook)
     run_id = client.create_run(task.experiment_id, run_name=task.label,
                                tags={**task.tags, **tracking.runner_tags()}).info.run_id
-    for name, value in task.shown.items():
-        client.log_param(run_id, name, _param_text(value))
-    # The source notebook too, so that any run can be re-executed exactly (--reproduce).
-    client.log_artifact(run_id, task.notebook, artifact_path="source")
-    env = {
-        tracking.RUN_ID_ENV: run_id,
-        tracking.TRACKING_URI_ENV: task.tracking_uri,
-        tracking.EXPERIMENT_ENV: task.experiment_name,
-    }
-    execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
-                        render=task.render, kernel=kernel)
-    for path in (execution.output_notebook, execution.output_html):
-        if path is not None and path.exists():
-            client.log_artifact(run_id, str(path), artifact_path="notebook")
-    metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
-    if not execution.ok:
-        client.set_tag(run_id, "powerpipe.error", execution.error[:5000])
+    try:
+        for name, value in task.shown.items():
+            client.log_param(run_id, name, _param_text(value))
+        # The source notebook too, so that any run can be re-executed exactly (--reproduce).
+        client.log_artifact(run_id, task.notebook, artifact_path="source")
+        env = {
+            tracking.RUN_ID_ENV: run_id,
+            tracking.TRACKING_URI_ENV: task.tracking_uri,
+            tracking.EXPERIMENT_ENV: task.experiment_name,
+        }
+        execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
+                            render=task.render, kernel=kernel)
+        for path in (execution.output_notebook, execution.output_html):
+            if path is not None and path.exists():
+                client.log_artifact(run_id, str(path), artifact_path="notebook")
+        ok, error, reusable = execution.ok, execution.error, execution.kernel_reusable
+        if ok and task.report_html:
+            _render_report(execution.output_notebook, Path(task.report_html))
+            client.log_artifact(run_id, task.report_html, artifact_path="report")
+            client.set_tag(run_id, "powerpipe.report_path", task.report_html)
+        metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
+    except Exception as exc:  # noqa: BLE001 - the store or the kernel failed us: this grid point fails, not the pipeline
+        log.exception("%s: could not run or record the notebook", task.label)
+        ok, error, reusable, metrics = False, f"{type(exc).__name__}: {exc}", False, {}
+    if not ok:
+        client.set_tag(run_id, "powerpipe.error", error[:5000])
     elif task.cache_key:
         client.set_tag(run_id, CACHE_KEY_TAG, task.cache_key)
-    client.set_terminated(run_id, "FINISHED" if execution.ok else "FAILED")
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
     # The grid point's whole cost: its MLflow bookkeeping as well as the notebook.
-    outcome = TaskOutcome(run_id=run_id, ok=execution.ok, metrics=metrics,
-                          seconds=round(time.perf_counter() - started, 3),
-                          error=execution.error, output_notebook=str(output))
-    return outcome, execution.kernel_reusable
+    outcome = TaskOutcome(run_id=run_id, ok=ok, metrics=metrics, seconds=round(time.perf_counter() - started, 3),
+                          error=error, output_notebook=str(output))
+    return outcome, reusable

@@ -70,11 +70,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     if scheme in ("", "file"):
         return
-    # Databases and other stores: at least the host must answer.
+    # Databases: at least the host must answer. Other schemes (databricks, …) are left to MLflow.
     parts = urllib.parse.urlsplit(uri)
-    if parts.hostname:
+    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(scheme.split("+")[0])
+    if parts.hostname and default_port:
         try:
-            socket.create_connection((parts.hostname, parts.port or 5432), timeout=timeout).close()
+            socket.create_connection((parts.hostname, parts.port or default_port), timeout=timeout).close()
         except OSError as exc:
             raise TrackingError(f"tracking store {redact(uri)} is not reachable: {exc}") from None
 
@@ -166,24 +167,21 @@ def describe_model(model_uri: str, client=None) -> dict[str, str]:
             "alias": alias or "", "source": model_version.source}
 
 
-def training_runs(parent_run_id: str | None = None, run_ids: list[str] | None = None, experiment_names=None):
-    """One row per training grid point: notebook, parameters, status and metrics.
+def training_runs(parent_run_id: str | None = None, run_ids: list[str] | None = None):
+    """One row per training grid point: notebook, parameters, status and metrics (empty frame if none).
 
     ``run_ids``: exactly those runs (a pipeline run's own and the cached ones it reused); otherwise
-    the training runs that are children of ``parent_run_id``.
+    the training runs that are children of ``parent_run_id``. Searched in every experiment.
     """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    names = experiment_names or [os.environ.get(EXPERIMENT_ENV, EXPERIMENT)]
     if run_ids is not None:
-        if not run_ids:
-            return mlflow.search_runs(experiment_names=names, filter_string="attributes.run_id = 'none'")
-        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids) or "''"
         selection = f"attributes.run_id IN ({quoted})"
     else:
         selection = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`powerpipe.stage` = 'train'"
-    return mlflow.search_runs(experiment_names=names, filter_string=selection, output_format="pandas")
+    return mlflow.search_runs(search_all_experiments=True, filter_string=selection, output_format="pandas")
 
 
 def latest_pipeline_run_id(experiment: str | None = None) -> str | None:

@@ -138,3 +138,25 @@ def test_parameter_types_from_annotations_and_defaults(train_notebook):
     assert not params["max_depth"].accepts("3")
     assert params["name"].accepts("y") and not params["name"].accepts(1)  # from the default's type
     assert params["rate"].accepts(1) and not params["rate"].accepts(True)
+
+
+def test_notebook_listed_twice_names_its_fixed_parameters_and_duplicates_are_refused(tmp_path, train_notebook):
+    config = load_config(write_config(tmp_path, """
+        root: .
+        stages:
+          train:
+            - notebook: train.ipynb
+              parameters: {rate: 0.5}
+            - notebook: train.ipynb
+              parameters: {rate: 0.25}
+              grid: {n_estimators: [4]}
+    """))
+    assert [p.label for p in config.training_points()] == ["train__rate_0.5", "train__rate_0.25__n_estimators_4"]
+    with pytest.raises(ConfigError, match="is already in"):
+        load_config(write_config(tmp_path, """
+            root: .
+            stages:
+              train:
+                - notebook: train.ipynb
+                  grid: {n_estimators: [4, 4]}
+        """))

@@ -6,8 +6,11 @@ import json
 import sys
 
 import nbformat
+import pytest
 
 from powerpipe.execute import execute
+
+pytestmark = pytest.mark.slow
 
 
 def test_works_runs_on_project_interpreter_despite_stale_kernelspec(tmp_path, notebooks, monkeypatch):

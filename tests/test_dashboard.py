@@ -1,0 +1,542 @@
+"""The dashboard without a browser: date windows, the model cache, runs rows, artifacts, layout and callbacks.
+
+Callbacks are exercised as the browser calls them: POST /_dash-update-component through Flask's test
+client, on the session's smoke-pipeline store (or on empty / unreachable stores for the error states).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from powerpipe import dashboard_data as dd
+from powerpipe import paths
+from powerpipe.exceptions import TrackingError
+
+ROOT = paths.PROJECT_ROOT
+DATA_START = pd.Timestamp("2013-01-01 00:00", tz="UTC")
+DATA_END = pd.Timestamp("2016-12-31 23:00", tz="UTC")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def dash_request(client, outputs: list[tuple[str, str]], inputs: list[tuple[str, str, object]],
+                 state: list[tuple[str, str, object]] = ()) -> dict:
+    """Call a callback as the Dash renderer does; returns {component id: {property: value}}."""
+    specs = [{"id": i, "property": p} for i, p in outputs]
+    body = {
+        "output": f"{outputs[0][0]}.{outputs[0][1]}" if len(outputs) == 1
+        else "..{}..".format("...".join(f"{i}.{p}" for i, p in outputs)),
+        "outputs": specs[0] if len(specs) == 1 else specs,
+        "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+        "changedPropIds": [f"{i}.{p}" for i, p, _ in inputs],
+        "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+    }
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)[:2000]
+    return response.get_json()["response"]
+
+
+def render(client, pathname: str):
+    return dash_request(client, [("page", "children")], [("url", "pathname", pathname)])["page"]["children"]
+
+
+def predictions(client, start, end, version="1"):
+    answer = dash_request(client, [("prediction-figure", "figure"), ("range-message", "children")],
+                          [("date-range", "start_date", start), ("date-range", "end_date", end),
+                           ("model-version", "data", version)])
+    return answer["prediction-figure"]["figure"], answer.get("range-message", {}).get("children")
+
+
+def walk(tree):
+    """Every serialized component in a Dash tree."""
+    if isinstance(tree, list):
+        for item in tree:
+            yield from walk(item)
+    elif isinstance(tree, dict) and "props" in tree:
+        yield tree
+        for value in tree["props"].values():
+            yield from walk(value)
+
+
+def ids(tree) -> set[str]:
+    return {c["props"]["id"] for c in walk(tree) if isinstance(c["props"].get("id"), str)}
+
+
+def component(tree, component_id: str) -> dict:
+    return next(c for c in walk(tree) if c["props"].get("id") == component_id)
+
+
+def text(tree) -> str:
+    """All visible text of a tree, joined."""
+    if isinstance(tree, str):
+        return tree
+    if isinstance(tree, list):
+        return " ".join(text(t) for t in tree)
+    if isinstance(tree, dict) and "props" in tree:
+        return text(tree["props"].get("children"))
+    return "" if tree is None else str(tree)
+
+
+def values(array) -> list[float]:
+    """A figure's y values: a JSON list, or plotly's base64 typed array ({"dtype", "bdata"})."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_app(smoke_run):
+    from dashboard.app import create_app
+
+    app = create_app(smoke_run["tracking_uri"])
+    return app
+
+
+@pytest.fixture
+def store_copy(smoke_run, tmp_path) -> str:
+    """A copy of the smoke store's database (artifacts stay where they are), free to change."""
+    db = tmp_path / "mlflow.db"
+    # SQLite's backup API, not a file copy: recent writes may still sit in the write-ahead log.
+    with sqlite3.connect(smoke_run["tracking_uri"][len("sqlite:///"):]) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def empty_store(tmp_path) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
+    (tmp_path / "empty").mkdir()
+    mlflow.MlflowClient(uri).search_experiments()  # creates the tables, nothing else
+    return uri
+
+
+def summary_of(smoke_run) -> dict:
+    return json.loads((smoke_run["run_dir"] / "summary.json").read_text())
+
+
+# -- date windows ------------------------------------------------------------------------------------
+def test_window_inside_the_data_is_inclusive_of_the_end_day():
+    window = dd.choose_window("2016-06-01", "2016-06-30", DATA_START, DATA_END)
+    assert window.ok and window.note is None
+    assert window.start == pd.Timestamp("2016-06-01", tz="UTC")
+    assert window.end == pd.Timestamp("2016-07-01", tz="UTC")
+
+
+def test_single_day_window_is_24_hours():
+    window = dd.choose_window("2016-06-01", "2016-06-01", DATA_START, DATA_END)
+    assert window.end - window.start == pd.Timedelta(days=1)
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    (None, "2016-06-30", "Pick a start and an end date"),
+    ("2016-06-01", None, "Pick a start and an end date"),
+    ("", "", "Pick a start and an end date"),
+    ("2016-06-30", "2016-06-01", "is after the end date"),
+    ("2019-01-01", "2019-02-01", "outside the data, which covers 2013-01-01 to 2016-12-31"),
+    ("2010-01-01", "2012-12-31", "outside the data"),
+    ("June", "July", "not dates"),
+])
+def test_window_problems_are_named(start, end, expected):
+    window = dd.choose_window(start, end, DATA_START, DATA_END)
+    assert not window.ok
+    assert expected in window.problem
+
+
+def test_window_partly_outside_is_cut_to_the_data_and_says_so():
+    window = dd.choose_window("2016-12-15", "2017-01-31", DATA_START, DATA_END)
+    assert window.ok
+    assert window.end == pd.Timestamp("2017-01-01", tz="UTC")
+    assert "Cut to the data" in window.note
+
+
+def test_default_window_is_the_last_31_days():
+    assert dd.default_window(DATA_START, DATA_END) == ("2016-12-01", "2016-12-31")
+    short_end = pd.Timestamp("2013-01-10 05:00", tz="UTC")
+    assert dd.default_window(DATA_START, short_end) == ("2013-01-01", "2013-01-10")
+
+
+def test_window_frames_slice_hourly_and_switch_to_daily_means():
+    index = pd.date_range("2016-01-01", "2016-12-31 23:00", freq="h", tz="UTC")
+    frame = pd.DataFrame({"solar_GW": range(len(index)), "wind_GW": 1.0}, index=index, dtype="float64")
+    predicted = frame * 2
+    month = dd.choose_window("2016-03-01", "2016-03-31", index[0], index[-1])
+    recorded, pred, resolution = dd.window_frames(frame, predicted, month)
+    assert resolution == "hourly" and len(recorded) == len(pred) == 31 * 24  # UTC: no clock change
+    assert recorded.index.tz is None and recorded.index[0] == pd.Timestamp("2016-03-01")
+    assert (pred["solar_GW"] == recorded["solar_GW"] * 2).all()
+    year = dd.choose_window("2016-01-01", "2016-12-31", index[0], index[-1])
+    recorded, pred, resolution = dd.window_frames(frame, predicted, year)
+    assert resolution == "daily means" and len(recorded) == 366
+    assert recorded["solar_GW"].iloc[0] == pytest.approx(sum(range(24)) / 24)
+
+
+def test_window_figure_is_recorded_vs_predicted_figure():
+    from dash._utils import to_json
+
+    from powerpipe.figures import recorded_vs_predicted_figure
+
+    index = pd.date_range("2016-06-01", periods=48, freq="h")
+    recorded = pd.DataFrame({"solar_GW": np.arange(48.0), "wind_GW": np.arange(48.0) / 2}, index=index)
+    predicted = recorded * 1.1
+    fast = json.loads(to_json(dd.WindowFigure()(recorded, predicted, "two days")))
+    reference = json.loads(to_json(recorded_vs_predicted_figure(recorded, predicted, title="two days")))
+    assert fast["layout"] == reference["layout"]
+    assert len(fast["data"]) == len(reference["data"]) == 4
+    for ours, theirs in zip(fast["data"], reference["data"]):
+        assert {k: v for k, v in ours.items() if k not in "xy"} == {k: v for k, v in theirs.items() if k not in "xy"}
+        assert list(pd.to_datetime(ours["x"])) == list(pd.to_datetime(theirs["x"]))
+        assert values(ours["y"]) == pytest.approx(values(theirs["y"]))
+
+
+# -- the model cache ---------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_loader(loaded: list):
+    def load(client, uri, name, alias, version):
+        loaded.append(version)
+        return dd.ServingModel(name, alias, version, "run", "run name", "nb.ipynb", {}, {}, "", "", "", "", "",
+                               dd.ShownData(Path("x.csv"), "test", False, None), pd.DataFrame(), pd.DataFrame())
+    return load
+
+
+def test_cache_loads_once_and_reloads_only_after_the_alias_moves(store_copy):
+    import mlflow
+
+    client = mlflow.MlflowClient(store_copy)
+    first = client.get_model_version_by_alias("BestModel", "production")
+    second = client.create_model_version("BestModel", source=first.source, run_id=first.run_id)
+    clock, loaded = FakeClock(), []
+    cache = dd.ProductionModelCache(store_copy, poll_seconds=180, clock=clock, loader=fake_loader(loaded))
+
+    assert cache.get().version == str(first.version)
+    assert cache.get().version == str(first.version)
+    client.set_registered_model_alias("BestModel", "production", second.version)
+    clock.now += 179  # within the poll interval the registry is not asked
+    assert cache.get().version == str(first.version)
+    clock.now += 2
+    assert cache.get().version == str(second.version)
+    clock.now += 500  # alias unchanged: asked, not reloaded
+    assert cache.get().version == str(second.version)
+    assert loaded == [str(first.version), str(second.version)]
+
+
+def test_real_loader_leaves_mlflows_global_tracking_uri_alone(store_copy, smoke_run):
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    elsewhere = f"sqlite:///{Path(store_copy[len('sqlite:///'):]).parent / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        model = dd.ProductionModelCache(store_copy).get()
+        assert mlflow.get_tracking_uri() == elsewhere
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert model.version == summary_of(smoke_run)["promoted"]["version"]
+    assert len(model.predictions) == len(model.frame)
+
+
+def test_cache_keeps_serving_when_a_new_version_fails_to_load(store_copy):
+    import mlflow
+
+    client = mlflow.MlflowClient(store_copy)
+    first = client.get_model_version_by_alias("BestModel", "production")
+    clock, loaded = FakeClock(), []
+    working = fake_loader(loaded)
+
+    def loader(client, uri, name, alias, version):
+        if version != str(first.version):
+            raise OSError("model files missing")
+        return working(client, uri, name, alias, version)
+
+    cache = dd.ProductionModelCache(store_copy, poll_seconds=10, clock=clock, loader=loader)
+    assert cache.get().version == str(first.version)
+    second = client.create_model_version("BestModel", source=first.source, run_id=first.run_id)
+    client.set_registered_model_alias("BestModel", "production", second.version)
+    clock.now += 11
+    assert cache.get().version == str(first.version)
+    assert f"version {second.version} could not be loaded: model files missing" == cache.last_check_error
+
+
+def test_cache_keeps_serving_when_the_store_goes_away(store_copy):
+    clock, loaded = FakeClock(), []
+    cache = dd.ProductionModelCache(store_copy, poll_seconds=60, clock=clock, loader=fake_loader(loaded))
+    version = cache.get().version
+    Path(store_copy[len("sqlite:///"):]).unlink()
+    clock.now += 61
+    assert cache.get().version == version
+    assert cache.last_check_error and "no tracking store" in cache.last_check_error
+    assert loaded == [version]
+
+
+def test_cache_without_a_store_or_model_says_so(tmp_path, empty_store):
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(dd.NoProductionModel, match="no tracking store"):
+        dd.ProductionModelCache(f"sqlite:///{missing}").get()
+    assert not missing.exists() and not missing.parent.exists()  # never creates an empty store
+    with pytest.raises(dd.NoProductionModel, match="no model models:/BestModel@production"):
+        dd.ProductionModelCache(empty_store).get()
+    with pytest.raises(TrackingError, match="not reachable"):
+        dd.ProductionModelCache(f"http://127.0.0.1:{free_port()}").get()
+
+
+def test_loaded_model_carries_its_card_and_predictions_on_its_training_data(smoke_app, smoke_run):
+    model = smoke_app.model_cache.get()
+    promoted = summary_of(smoke_run)["promoted"]
+    assert model.version == promoted["version"] and model.run_id == promoted["run_id"]
+    assert model.promoted_at and model.promoted_metric == "rmse"
+    assert float(model.promoted_value) == pytest.approx(promoted["value"])
+    assert model.metrics["rmse"] == pytest.approx(promoted["value"])
+    assert model.params  # the grid point's parameters
+    assert model.shown_data.path == smoke_run["run_dir"] / "data" / paths.PROCESSED_DATA_NAME
+    assert model.shown_data.synthetic and model.shown_data.matches_training
+    assert list(model.predictions.columns) == ["solar_GW", "wind_GW"]
+    assert model.predictions.index.equals(model.frame.index)
+    assert model.predictions.notna().all().all()
+
+
+# -- pipeline runs and artifacts ---------------------------------------------------------------------
+def test_runs_rows_match_the_summary(smoke_run):
+    summary = summary_of(smoke_run)
+    rows = dd.pipeline_runs(dd.open_client(smoke_run["tracking_uri"]))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.pipeline_run_id == summary["pipeline_run_id"] and row.run_id == summary["mlflow_parent_run_id"]
+    points = summary["grid_points"]
+    assert row.notebooks_ok == sum(p["status"] == "ok" for p in points)
+    assert row.notebooks_failed == sum(p["status"] == "failed" for p in points)
+    trained = [p["metrics"]["rmse"] for p in points if p["stage"] == "train" and p["status"] == "ok"]
+    assert row.best_value == pytest.approx(min(trained))
+    assert row.promoted_version == summary["promoted"]["version"] and row.is_production
+    assert row.synthetic and row.report_run_id == row.run_id
+    assert {link.run_id for link in row.notebooks} == {p["mlflow_run_id"] for p in points if p["mlflow_run_id"]}
+
+
+def test_runs_rows_of_an_empty_store(empty_store):
+    assert dd.pipeline_runs(dd.open_client(empty_store)) == []
+
+
+def test_artifact_route_serves_notebooks_and_report(smoke_app, smoke_run):
+    client = smoke_app.server.test_client()
+    row = dd.pipeline_runs(dd.open_client(smoke_run["tracking_uri"]))[0]
+    report = client.get(f"/artifacts/{row.run_id}/report/weekly_report.html")
+    assert report.status_code == 200 and report.content_type.startswith("text/html")
+    assert report.get_data() == (smoke_run["run_dir"] / "report" / "weekly_report.html").read_bytes()
+    assert "sandbox" in report.headers["Content-Security-Policy"]
+    for link in row.notebooks:
+        response = client.get(f"/artifacts/{link.run_id}/{link.html_path}")
+        assert response.status_code == 200, link
+        assert b"<html" in response.get_data()[:2000].lower()
+
+
+@pytest.mark.parametrize("path", [
+    "/artifacts/{run}/notebook/../../../../../../etc/passwd",
+    "/artifacts/{run}/notebook/..%2F..%2Fmeta.yaml",
+    "/artifacts/{run}/%2e%2e/%2e%2e/meta.yaml",
+    "/artifacts/{run}//etc/passwd",
+    "/artifacts/{run}/notebook/%2Fetc%2Fpasswd.html",
+    "/artifacts/{run}/model/MLmodel",  # a real artifact, but not one the dashboard serves
+    "/artifacts/{run}/notebook/not_there.html",
+    "/artifacts/../../../etc/passwd/summary.json",
+    "/artifacts/0123456789abcdef0123456789abcdef/summary.json",  # no such run
+    "/artifacts/{run}",
+])
+def test_artifact_route_refuses_traversal_and_unknown_artifacts(smoke_app, smoke_run, path):
+    promoted_run = summary_of(smoke_run)["promoted"]["run_id"]
+    response = smoke_app.server.test_client().get(path.format(run=promoted_run))
+    assert response.status_code == 404
+    assert b"root:" not in response.get_data()
+
+
+def test_fetch_artifact_refuses_paths_before_asking_the_store(tmp_path):
+    class NoStore:
+        def __getattr__(self, name):
+            raise AssertionError(f"the store was asked ({name})")
+
+    run = "0123456789abcdef0123456789abcdef"
+    for run_id, path in [(run, "../summary.json"), (run, "notebook/../../x.html"), (run, "/etc/passwd"),
+                         (run, "notebook/a/b.html"), ("../" + run, "summary.json"), (run.upper(), "summary.json")]:
+        with pytest.raises(dd.ArtifactNotServed):
+            dd.fetch_artifact(NoStore(), run_id, path, tmp_path)
+
+
+# -- layout and callbacks ----------------------------------------------------------------------------
+def test_layout_has_sidebar_and_page(smoke_app):
+    from dash import dcc
+
+    layout = smoke_app.layout
+    links = [c for c in layout._traverse() if isinstance(c, dcc.Link)]
+    assert {link.href for link in links} == {"/", "/runs"}
+    assert {"url", "page", "nav-production", "nav-runs"} <= {getattr(c, "id", None) for c in layout._traverse()}
+
+
+def test_production_page_has_card_seasonal_figure_and_picker(smoke_app):
+    page = render(smoke_app.server.test_client(), "/")
+    assert {"model-card", "model-version", "seasonal-figure", "date-range", "prediction-figure"} <= ids(page)
+    picker = component(page, "date-range")["props"]
+    model = smoke_app.model_cache.get()
+    assert picker["min_date_allowed"] == f"{model.data_start:%Y-%m-%d}"
+    assert picker["max_date_allowed"] == f"{model.data_end:%Y-%m-%d}"
+    assert (picker["start_date"], picker["end_date"]) == dd.default_window(model.data_start, model.data_end)
+    seasonal = component(page, "seasonal-figure")["props"]["figure"]
+    assert [t["name"] for t in seasonal["data"]] == ["2013", "2014", "2015", "2016"]
+    assert seasonal["layout"]["xaxis"]["rangeslider"]["visible"] is True
+
+
+def test_model_card_shows_version_run_parameters_metrics_and_promotion(smoke_app, smoke_run):
+    client = smoke_app.server.test_client()
+    answer = dash_request(client, [("model-card", "children"), ("model-version", "data")],
+                          [("model-poll", "n_intervals", 0)], [("model-version", "data", None)])
+    card, version = answer["model-card"]["children"], answer["model-version"]["data"]
+    # A refresh that finds the same version leaves the version store (and so the figure) alone.
+    again = dash_request(client, [("model-card", "children"), ("model-version", "data")],
+                         [("model-poll", "n_intervals", 1)], [("model-version", "data", version)])
+    assert "model-version" not in again and "model-card" in again
+    promoted = summary_of(smoke_run)["promoted"]
+    model = smoke_app.model_cache.get()
+    assert version == promoted["version"]
+    shown = text(card)
+    assert f"BestModel version {promoted['version']}" in shown
+    assert promoted["run_id"] in shown and model.run_name in shown
+    assert model.promoted_at.replace("T", " ").replace("+00:00", " UTC") in shown
+    assert summary_of(smoke_run)["pipeline_run_id"] in shown
+    assert "SYNTHETIC DATA" in shown
+    assert str(model.shown_data.path) in shown
+    for key, value in model.params.items():
+        assert key in text(component(card, "model-params")) and value in text(component(card, "model-params"))
+    assert f"{promoted['value']:.4g}" in text(component(card, "model-metrics"))
+
+
+def test_prediction_callback_draws_the_window(smoke_app):
+    client = smoke_app.server.test_client()
+    figure, message = predictions(client, "2016-06-01", "2016-07-01")
+    assert message is None
+    assert [t["name"] for t in figure["data"]] == ["recorded", "predicted", "recorded", "predicted"]
+    assert all(len(t["x"]) == 31 * 24 for t in figure["data"])
+    assert figure["data"][0]["x"][0].startswith("2016-06-01T00:00")
+    assert figure["data"][0]["x"][-1].startswith("2016-07-01T23:00")
+    assert "01 Jun 2016 to 01 Jul 2016" in figure["layout"]["title"]["text"]
+    model = smoke_app.model_cache.get()
+    expected = model.predictions.loc["2016-06-01":"2016-07-01"]
+    recorded = model.frame.loc["2016-06-01":"2016-07-01"]
+    assert values(figure["data"][0]["y"]) == pytest.approx(list(recorded["solar_GW"]))
+    assert values(figure["data"][1]["y"]) == pytest.approx(list(expected["solar_GW"]))
+    assert values(figure["data"][3]["y"]) == pytest.approx(list(expected["wind_GW"]))
+    other, _ = predictions(client, "2015-01-01", "2015-01-31")
+    assert other["data"][0]["x"][0].startswith("2015-01-01") and other["data"][0]["x"] != figure["data"][0]["x"]
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    ("2016-07-01", "2016-06-01", "is after the end date"),
+    (None, None, "Pick a start and an end date"),
+    ("2020-01-01", "2020-01-31", "outside the data"),
+])
+def test_prediction_callback_states(smoke_app, start, end, expected):
+    figure, message = predictions(smoke_app.server.test_client(), start, end)
+    assert figure["data"] == []
+    assert expected in figure["layout"]["annotations"][0]["text"]
+    assert expected in text(message)
+
+
+def test_prediction_callback_long_and_clipped_ranges(smoke_app):
+    client = smoke_app.server.test_client()
+    figure, message = predictions(client, "2014-01-01", "2015-12-31")
+    assert "daily means" in figure["layout"]["title"]["text"] and len(figure["data"][0]["x"]) == 730
+    assert message is None
+    figure, message = predictions(client, "2016-12-20", "2017-02-01")
+    assert len(figure["data"][0]["x"]) == 12 * 24
+    assert "Cut to the data" in text(message)
+
+
+def test_runs_page_lists_the_pipeline_run_with_links(smoke_app, smoke_run):
+    page = render(smoke_app.server.test_client(), "/runs")
+    summary = summary_of(smoke_run)
+    table = component(page, "runs-table")
+    shown = text(table)
+    assert summary["pipeline_run_id"] in shown
+    assert f"v{summary['promoted']['version']} (production)" in shown
+    ok = sum(p["status"] == "ok" for p in summary["grid_points"])
+    assert f"{ok} / 0" in shown
+    hrefs = [c["props"]["href"] for c in walk(table) if c.get("type") == "A"]
+    assert f"/artifacts/{summary['mlflow_parent_run_id']}/report/weekly_report.html" in hrefs
+    client = smoke_app.server.test_client()
+    for href in hrefs:
+        assert client.get(href).status_code == 200, href
+
+
+def test_unknown_page(smoke_app):
+    page = render(smoke_app.server.test_client(), "/nope")
+    assert "Page not found" in text(page) and "/nope" in text(page)
+
+
+def test_pages_without_a_production_model_say_which_command_to_run(empty_store):
+    from dashboard.app import create_app
+
+    client = create_app(empty_store).server.test_client()
+    page = text(render(client, "/"))
+    assert "No production model yet" in page
+    assert f"python runner/run_all.py --tracking-uri {empty_store}" in page
+    assert "Traceback" not in page
+    runs = text(render(client, "/runs"))
+    assert "No pipeline runs yet" in runs and "python runner/run_all.py" in runs
+    figure, message = predictions(client, "2016-06-01", "2016-06-30")
+    assert figure["data"] == [] and "No production model yet" in text(message)
+
+
+def test_default_store_hint_needs_no_flag():
+    assert dd.run_command_hint(paths.default_tracking_uri()) == "python runner/run_all.py"
+
+
+def test_pages_with_an_unreachable_store(monkeypatch):
+    from dashboard.app import create_app
+
+    uri = f"http://user:s3cret@127.0.0.1:{free_port()}"
+    client = create_app(uri).server.test_client()
+    for pathname in ("/", "/runs"):
+        page = text(render(client, pathname))
+        assert "Tracking store unreachable" in page and "s3cret" not in page and "Traceback" not in page
+    row_link = client.get("/artifacts/0123456789abcdef0123456789abcdef/summary.json")
+    assert row_link.status_code == 503
+
+
+# -- command line and WSGI ---------------------------------------------------------------------------
+def test_cli_binds_to_loopback_by_default():
+    from dashboard.app import parse_args
+
+    args = parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 8050)
+    args = parse_args(["--host", "0.0.0.0", "--port", "9001", "--tracking-uri", "sqlite:///x.db"])
+    assert (args.host, args.port, args.tracking_uri) == ("0.0.0.0", 9001, "sqlite:///x.db")
+
+
+@pytest.mark.slow
+def test_gunicorn_imports_the_server_from_the_repository_root(smoke_run):
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed in this environment")
+    result = subprocess.run([str(gunicorn), "--check-config", "dashboard.app:server"], cwd=ROOT,
+                            env={"PATH": str(Path(sys.executable).parent), "MLFLOW_TRACKING_URI": smoke_run["tracking_uri"]},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
