@@ -156,6 +156,17 @@ def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_k
     worker = get_worker()
     client = _client(task.tracking_uri)
     earlier = _runs_of(client, task, key)
+    finished = [run for run in earlier if run.info.status == "FINISHED"]
+    if finished:  # an attempt completed, but its worker died before the scheduler heard of it: no rerun
+        from .config import METRICS
+
+        run = finished[-1]
+        _close_attempts(client, [r for r in earlier if r is not run], "superseded by a FINISHED attempt",
+                        last_failed=False)
+        return TaskOutcome(run_id=run.info.run_id, ok=True,
+                           metrics={k: v for k, v in run.data.metrics.items() if k in METRICS},
+                           seconds=round(((run.info.end_time or 0) - run.info.start_time) / 1000, 3),
+                           output_notebook=task.output_notebook)
     if earlier:
         where = earlier[-1].data.tags.get(WORKER_TAG, "?")
         if len(earlier) >= MAX_ATTEMPTS:
