@@ -123,7 +123,7 @@ def validate_frame(frame: pd.DataFrame, origin: str = "data") -> pd.DataFrame:
     duplicated = times.duplicated()
     tolerated = duplicated & is_dst_fallback_hour(times)
     if tolerated.any():
-        log.warning("%s: %d duplicated hour(s) at the autumn clock change (as in the published OPSD-derived "
+        log.info("%s: %d duplicated hour(s) at the autumn clock change (as in the published OPSD-derived "
                     "file), kept: %s", origin, int(tolerated.sum()),
                     ", ".join(t.isoformat() for t in times[tolerated]))
     duplicated &= ~tolerated

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,14 @@ def notebook_hash(path: str | Path) -> str:
 
 def read_parameters(path: str | Path) -> dict[str, NotebookParameter]:
     """The parameters declared in the notebook's cell tagged ``parameters``."""
+    path = Path(path)
+    stat = path.stat() if path.is_file() else None
+    return _read_parameters(path, stat.st_mtime_ns if stat else None)
+
+
+@lru_cache(maxsize=64)
+def _read_parameters(path: Path, mtime_ns: int | None) -> dict[str, NotebookParameter]:
+    """Parsed once per notebook version: a grid checks every value against the same cell."""
     nb = load_notebook_json(path)
     cells = [
         c for c in nb.get("cells", [])

@@ -159,7 +159,6 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=False)
         tracking.enable_sqlite_wal(tracking_uri)
         self.client = mlflow.MlflowClient(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)  # for loading registered models when gating promotion
         self.experiment_id = tracking.ensure_experiment(self.client, config.experiment, tracking_uri)
         tracking.mark_abandoned_runs(self.client, self.experiment_id)
         self.cached_runs = {} if options.force else cache.finished_runs_by_key(self.client, self.experiment_id)

@@ -13,6 +13,10 @@ from .tracking import MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 
+# Tagged on a run that did not beat the alias holder: which version it lost to, so that an unchanged
+# pipeline does not load and evaluate the production model again every time.
+GATE_TAG = "powerpipe.gate_lost_to"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -48,12 +52,14 @@ def best_candidate(candidates: list[Candidate], spec: PromoteSpec) -> Candidate 
     return pick(scored, key=lambda c: c.metrics[spec.metric])
 
 
-def evaluate_version(name: str, version: str, data_path: Path, metric: str) -> float:
+def evaluate_version(client, name: str, version: str, data_path: Path, metric: str) -> float:
     """The registered model's ``metric`` on the test split of ``data_path`` (the split every run uses)."""
     import mlflow
 
     from . import data, modeling
 
+    # Set only here, when a model must be loaded: MLflow resets its tracing state on every set (~0.2 s).
+    mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     _, X_test, _, y_test = modeling.split(data.load_processed(data_path))
     return modeling.evaluate(y_test, modeling.predictions_frame(model.predict(X_test)).to_numpy())[metric]
@@ -80,9 +86,21 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
             log.info("%s version %s (run %s) is already @%s: nothing new to promote", spec.model_name,
                      current.version, best.run_id, spec.alias)
             return None
-        previous_value = evaluate_version(spec.model_name, current.version, data_path, spec.metric)
-        better = value < previous_value if spec.goal == "minimize" else value > previous_value
+        holder = f"{spec.model_name}/{current.version}"
+        checked = client.get_run(best.run_id).data.tags.get(GATE_TAG)
+        if checked == holder and not force:  # this run already lost to this very version (same inputs)
+            log.info("best run %s was already compared with @%s version %s and kept out: nothing new to "
+                     "promote", best.run_id, spec.alias, current.version)
+            return None
+        try:
+            previous_value = evaluate_version(client, spec.model_name, current.version, data_path, spec.metric)
+        except Exception as exc:  # noqa: BLE001 - a production model that cannot even be loaded is replaced
+            log.warning("could not evaluate @%s version %s (%s: %s): it will be replaced", spec.alias,
+                        current.version, type(exc).__name__, exc)
+        better = previous_value is None or (value < previous_value if spec.goal == "minimize"
+                                            else value > previous_value)
         if not better and not force:
+            client.set_tag(best.run_id, GATE_TAG, holder)
             log.warning("best new run %s has %s=%.4g, not better than @%s version %s (%.4g on the same test "
                         "data): production model kept (--force-promote overrides)", best.run_id, spec.metric,
                         value, spec.alias, current.version, previous_value)
