@@ -133,6 +133,10 @@ def _register(client, run_id: str, name: str) -> str:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
+    import mlflow
+
+    # MLflow's registry resolves `models:/<model id>` sources through the global tracking URI.
+    mlflow.set_tracking_uri(client.tracking_uri)
     outputs = client.get_run(run_id).outputs
     model_outputs = sorted(outputs.model_outputs, key=lambda o: o.step) if outputs else []
     if model_outputs:
