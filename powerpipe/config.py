@@ -20,15 +20,25 @@ from .exceptions import ConfigError
 from .parameterize import check_values, read_parameters
 
 STAGES = ("process", "train", "compare", "promote", "report")
-METRICS = ("rmse", "mae", "r2") + tuple(f"{t}_{m}" for t in ("solar", "wind") for m in ("rmse", "mae", "r2"))
 
-# Parameters the runner itself passes to each stage's notebook; they must exist in its parameters cell.
+BACKTEST_METRICS = ("backtest_r2", "backtest_rmse")
+# The metrics the runner reads back from a notebook (summary.json, promotion).
+METRICS = ("rmse", "mae", "r2") + tuple(f"{t}_{m}" for t in ("solar", "wind") for m in ("rmse", "mae", "r2")) \
+    + BACKTEST_METRICS
+
+# Parameters the runner itself passes to each stage's notebook, declared once: they must exist in
+# its parameters cell and cannot be set in the config. ``steps.Runtime`` has a field of each name.
 RUNTIME_PARAMETERS = {
     "process": ("input_path", "output_path"),
-    "train": ("data_path",),
+    "train": ("data_path", "evaluation"),
     "compare": ("parent_run_id", "run_ids", "metric", "goal"),
     "report": ("model_uri", "data_path", "synthetic_data"),
 }
+# Passed only when the pipeline file declares it (then every notebook of the stage must take it).
+OPTIONAL_RUNTIME_PARAMETERS = {"evaluation"}
+# Runtime parameters that decide a result, and so enter its cache key (paths do not: the data's
+# SHA-256 does).
+KEYED_RUNTIME_PARAMETERS = {"evaluation", "run_ids", "metric", "goal", "model_uri", "synthetic_data"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,13 @@ class PipelineConfig:
     compare: NotebookSpec | None
     promote: PromoteSpec | None
     report: NotebookSpec | None
+    evaluation: dict[str, Any] | None = None  # how every model is scored (``powerpipe.evaluation``)
+
+    def runtime_parameters(self, stage: str) -> tuple[str, ...]:
+        """The runner's own parameters for a stage's notebooks under this config."""
+        names = RUNTIME_PARAMETERS.get(stage, ())
+        return tuple(name for name in names
+                     if name not in OPTIONAL_RUNTIME_PARAMETERS or getattr(self, name, None) is not None)
 
     def training_points(self) -> list[GridPoint]:
         return [point for spec in self.train for point in spec.grid_points()]
@@ -115,7 +132,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    _no_unknown(raw, {"experiment", "root", "timeout", "stages"}, str(path))
+    _no_unknown(raw, {"experiment", "root", "timeout", "evaluation", "stages"}, str(path))
 
     root_value = _typed(raw, "root", str, path, ".", default=None)
     root = (path.parent / root_value).resolve() if root_value is not None else paths.PROJECT_ROOT
@@ -123,6 +140,8 @@ def load_config(path: str | Path) -> PipelineConfig:
     timeout = _typed(raw, "timeout", (int, float), path, "timeout", default=None)
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"{path}: key 'timeout' must be a positive number of seconds, got {timeout}")
+
+    evaluation = _evaluation(raw.get("evaluation"), path)
 
     stages = raw.get("stages")
     if not isinstance(stages, dict):
@@ -202,13 +221,28 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: stages.report needs stages.promote (the report uses the promoted model)")
 
     return PipelineConfig(path, experiment, timeout, single["process"], train, single["compare"], promote,
-                          single["report"])
+                          single["report"], evaluation)
+
+
+def _evaluation(raw: Any, path: Path) -> dict[str, Any] | None:
+    """The ``evaluation:`` block, checked and with its defaults filled in (what the notebooks get)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: key 'evaluation' must be a mapping, e.g. {{split: time, test_start: "
+                          "'2016-01-01'}")
+    from .evaluation import Evaluation
+
+    try:
+        return Evaluation.from_dict(raw).as_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: evaluation: {exc}") from None
 
 
 def validate_parameters(config: PipelineConfig) -> None:
     """Check every grid key and value, and the runner's own parameters, against each notebook."""
     for spec in config.notebook_specs():
-        runtime = RUNTIME_PARAMETERS.get(spec.stage, ())
+        runtime = config.runtime_parameters(spec.stage)
         declared = read_parameters(spec.notebook)
         missing = [key for key in runtime if key not in declared]
         if missing:
@@ -216,7 +250,7 @@ def validate_parameters(config: PipelineConfig) -> None:
                 f"{spec.where}: notebook {spec.notebook} must declare parameter(s) "
                 f"{', '.join(missing)} in its parameters cell (the runner sets them)"
             )
-        overridden = [key for key in (*spec.parameters, *spec.grid) if key in runtime]
+        overridden = [key for key in (*spec.parameters, *spec.grid) if key in RUNTIME_PARAMETERS.get(spec.stage, ())]
         if overridden:
             raise ConfigError(
                 f"{spec.where}: parameter '{overridden[0]}' is set by the runner and cannot be "

@@ -3,7 +3,8 @@
 Starting a kernel and importing pandas, scikit-learn, MLflow (and TensorFlow) costs seconds per
 notebook; a warm kernel pays it once. Between executions the kernel is reset: MLflow runs ended,
 autolog off, figures closed, Keras state cleared, user namespace wiped, working folder, environment
-and random seeds set afresh. A kernel whose notebook failed or timed out is thrown away, never reused.
+and random seeds set afresh. Which kernel runs which notebook, and when one is replaced, is the executors' lease policy
+(``executors.lease``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .exceptions import PipelineError
+from .exceptions import KernelError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ KERNEL_NAME = "python3"
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 SEED = 0
-
-
-class KernelError(PipelineError):
-    """A kernel could not be started or prepared."""
 
 
 def kernel_manager_class(env: dict[str, str] | None = None, stderr_path: Path | None = None):
@@ -188,7 +185,7 @@ class Kernel:
             self.kc.wait_for_ready(timeout=startup_timeout)
             if warmup:
                 self.run(warmup, timeout=startup_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - boundary: whatever failed, this kernel is unusable
             detail = self.stderr_tail()
             self.shutdown()
             raise KernelError(f"could not start a kernel on {sys.executable}: {exc}"
@@ -213,13 +210,13 @@ class Kernel:
     def alive(self) -> bool:
         try:
             return self.km.is_alive()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - boundary: a kernel we cannot even ask is not alive
             return False
 
     def interrupt(self) -> None:
         try:
             self.km.interrupt_kernel()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001 - boundary: already gone
             pass
 
     def stderr_tail(self, lines: int = 20) -> str:
@@ -230,6 +227,7 @@ class Kernel:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def shutdown(self) -> None:
+        # Each step may fail on a half-dead kernel; every later one must still run (broad by design).
         try:
             if self.kc is not None:
                 self.kc.stop_channels()
@@ -248,113 +246,3 @@ class Kernel:
             os.unlink(self.stderr_path)
         except OSError:
             pass
-
-
-class KernelPool:
-    """``jobs`` worker threads, each owning one kernel it starts ahead of time and reuses.
-
-    ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``; the worker replaces its kernel
-    when ``kernel_reusable`` is false, after ``max_uses`` notebooks, or when it died. With
-    ``reuse=False`` every task gets a fresh kernel with nothing preloaded (the classic papermill way).
-    """
-
-    def __init__(self, jobs: int, env: dict[str, str], warmup: str | None, reuse: bool = True, max_uses: int = 25):
-        import queue
-
-        self.env, self.warmup, self.reuse, self.max_uses = env, warmup, reuse, max_uses
-        self._tasks: queue.Queue = queue.Queue()
-        self._kernels: set[Kernel] = set()
-        self._lock = threading.Lock()
-        self._closing = False
-        self._wanted = threading.Event()  # kernels start with the first task, not before: a fully cached run starts none
-        self._threads = [threading.Thread(target=self._work, name=f"powerpipe-worker-{i}", daemon=True)
-                         for i in range(max(1, jobs))]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn):
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        self._tasks.put((future, fn))
-        self._wanted.set()
-        return future
-
-    def _new_kernel(self) -> Kernel:
-        kernel = Kernel(env=self.env, warmup=self.warmup if self.reuse else None)
-        with self._lock:
-            self._kernels.add(kernel)
-        return kernel
-
-    def _retire(self, kernel: Kernel | None) -> None:
-        if kernel is None:
-            return
-        with self._lock:
-            self._kernels.discard(kernel)
-        kernel.shutdown()
-
-    def _work(self) -> None:
-        kernel = None
-        self._wanted.wait()
-        if self.reuse and not self._closing:
-            try:
-                kernel = self._new_kernel()  # started before any task arrives
-            except KernelError as exc:
-                log.warning("%s", exc)
-        while True:
-            item = self._tasks.get()
-            if item is None or self._closing:
-                if item is not None:
-                    item[0].cancel()
-                break
-            future, fn = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                if kernel is None or not kernel.alive():
-                    self._retire(kernel)
-                    kernel = self._new_kernel()
-                if self._closing:  # killed while this kernel started: run nothing more
-                    future.set_exception(KernelError("the pipeline was stopped"))
-                    break
-                result, reusable = fn(kernel)
-                kernel.uses += 1
-                if not (reusable and self.reuse) or kernel.uses >= self.max_uses:
-                    self._retire(kernel)
-                    kernel = None
-                future.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                self._retire(kernel)
-                kernel = None
-                future.set_exception(exc)
-        self._retire(kernel)
-
-    def close(self) -> None:
-        """Finish queued work, then stop the workers and their kernels."""
-        if not self._wanted.is_set():  # never used: no kernel was started
-            self._closing = True
-            self._wanted.set()
-        for _ in self._threads:
-            self._tasks.put(None)
-        for thread in self._threads:
-            thread.join()
-
-    def kill(self) -> None:
-        """Stop now: cancel all queued work and kill every kernel (Ctrl-C)."""
-        import queue
-
-        self._closing = True
-        self._wanted.set()
-        while True:  # every queued task is cancelled, so that nobody waits on it for ever
-            try:
-                item = self._tasks.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[0].cancel()
-        with self._lock:
-            kernels = list(self._kernels)
-        for kernel in kernels:
-            kernel.shutdown()
-        for _ in self._threads:
-            self._tasks.put(None)

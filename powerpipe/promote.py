@@ -1,21 +1,26 @@
-"""Pick the best successful training run and move the registry alias (``production``) to it."""
+"""Pick the best successful training run and move the registry alias (``production``) to it.
+
+Nothing here touches MLflow's global state: every call goes through the client it is given, and
+the production model is loaded from its downloaded artifacts.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import tags
 from .config import PromoteSpec
-from .tracking import MODEL_ARTIFACT
+from .exceptions import StoreUnreachableError
 
 log = logging.getLogger(__name__)
 
-# Tagged on a run that did not beat the alias holder: which version it lost to, so that an unchanged
-# pipeline does not load and evaluate the production model again every time.
-GATE_TAG = "powerpipe.gate_lost_to"
+# What an absent model or alias is called by MLflow's stores (SQL: the first two; REST: the same codes).
+NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,6 @@ class Promotion:
     run_id: str
     metric: str
     value: float
-    alias: str
 
     def as_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "metric": self.metric,
@@ -52,21 +56,51 @@ def best_candidate(candidates: list[Candidate], spec: PromoteSpec) -> Candidate 
     return pick(scored, key=lambda c: c.metrics[spec.metric])
 
 
-def evaluate_version(client, name: str, version: str, data_path: Path, metric: str) -> float:
-    """The registered model's ``metric`` on the test split of ``data_path`` (the split every run uses)."""
+def alias_holder(client, spec: PromoteSpec):
+    """The model version holding the alias now, or None if there is none; StoreUnreachableError if the
+    store did not answer (never mistaken for "no model")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(spec.model_name, spec.alias)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND_CODES:
+            return None
+        raise StoreUnreachableError(f"the tracking store did not answer whether a model holds "
+                                    f"models:/{spec.model_name}@{spec.alias}: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise StoreUnreachableError(f"the tracking store is unreachable: {exc}") from None
+
+
+def load_version(client, name: str, version: str):
+    """A registered version as a pyfunc model, downloaded through ``client`` (no global tracking URI)."""
     import mlflow
 
+    uri = client.get_model_version_download_uri(name, version)
+    folder = tempfile.mkdtemp(prefix="powerpipe-model-")
+    return mlflow.pyfunc.load_model(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
+                                                                         tracking_uri=client.tracking_uri))
+
+
+def evaluate_version(client, name: str, version: str, data_path: Path, metric: str,
+                     evaluation: dict | None = None) -> float:
+    """The registered model's ``metric`` on the test rows of ``data_path`` under ``evaluation`` (the
+    challenger's split), or the tutorial's random split when the pipeline declares none."""
     from . import data, modeling
 
-    # Set only here, when a model must be loaded: MLflow resets its tracing state on every set (~0.2 s).
-    mlflow.set_tracking_uri(client.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    _, X_test, _, y_test = modeling.split(data.load_processed(data_path))
+    model = load_version(client, name, version)
+    frame = data.load_processed(data_path)
+    if evaluation is None:
+        _, X_test, _, y_test = modeling.split(frame)
+    else:
+        from .evaluation import holdout
+
+        _, X_test, _, y_test = holdout(frame, evaluation)
     return modeling.evaluate(y_test, modeling.predictions_frame(model.predict(X_test)).to_numpy())[metric]
 
 
 def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run_id: str,
-            data_path: Path, force: bool = False) -> Promotion | None:
+            data_path: Path, force: bool = False, evaluation: dict | None = None) -> Promotion | None:
     """Give ``spec.alias`` to the best candidate if it beats the current holder on the same test data.
 
     None when nothing moved: no run succeeded, the best run already holds the alias, or it does not
@@ -79,7 +113,7 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
                     spec.metric, spec.alias)
         return None
     value = float(best.metrics[spec.metric])
-    current = _current(client, spec)
+    current = alias_holder(client, spec)
     previous_value = None
     if current is not None:
         if current.run_id == best.run_id:
@@ -87,42 +121,55 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
                      current.version, best.run_id, spec.alias)
             return None
         holder = f"{spec.model_name}/{current.version}"
-        checked = client.get_run(best.run_id).data.tags.get(GATE_TAG)
-        if checked == holder and not force:  # this run already lost to this very version (same inputs)
+        if client.get_run(best.run_id).data.tags.get(tags.GATE_LOST_TO) == holder and not force:
             log.info("best run %s was already compared with @%s version %s and kept out: nothing new to "
                      "promote", best.run_id, spec.alias, current.version)
             return None
+        _say_if_other_evaluation(client, current, spec.alias, evaluation)
         try:
-            previous_value = evaluate_version(client, spec.model_name, current.version, data_path, spec.metric)
-        except Exception as exc:  # noqa: BLE001 - a production model that cannot even be loaded is replaced
+            previous_value = evaluate_version(client, spec.model_name, current.version, data_path, spec.metric,
+                                              evaluation)
+        except Exception as exc:  # noqa: BLE001 - boundary: a production model that cannot even be loaded is replaced
             log.warning("could not evaluate @%s version %s (%s: %s): it will be replaced", spec.alias,
                         current.version, type(exc).__name__, exc)
-        better = previous_value is None or (value < previous_value if spec.goal == "minimize"
-                                            else value > previous_value)
+        # Equal within rounding is not better: the same model re-scored must not replace itself.
+        better = previous_value is None or (not math.isclose(value, previous_value, rel_tol=1e-9) and (
+            value < previous_value if spec.goal == "minimize" else value > previous_value))
         if not better and not force:
-            client.set_tag(best.run_id, GATE_TAG, holder)
+            client.set_tag(best.run_id, tags.GATE_LOST_TO, holder)
             log.warning("best new run %s has %s=%.4g, not better than @%s version %s (%.4g on the same test "
                         "data): production model kept (--force-promote overrides)", best.run_id, spec.metric,
                         value, spec.alias, current.version, previous_value)
             return None
     version = _register(client, best.run_id, spec.model_name)
     client.set_registered_model_alias(spec.model_name, spec.alias, version)
-    tags = {
-        "powerpipe.promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "powerpipe.alias": spec.alias,
-        "powerpipe.metric": spec.metric,
-        "powerpipe.metric_value": repr(value),
-        "powerpipe.pipeline_run_id": pipeline_run_id,
-        "powerpipe.previous_version": str(current.version) if current else "",
-        "powerpipe.previous_metric_value": repr(previous_value) if previous_value is not None else "",
-        "powerpipe.forced": str(bool(force)).lower(),
+    version_tags = {
+        tags.PROMOTED_AT: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tags.ALIAS: spec.alias,
+        tags.METRIC: spec.metric,
+        tags.METRIC_VALUE: repr(value),
+        tags.PIPELINE_RUN_ID: pipeline_run_id,
+        tags.PREVIOUS_VERSION: str(current.version) if current else "",
+        tags.PREVIOUS_METRIC_VALUE: repr(previous_value) if previous_value is not None else "",
+        tags.FORCED: tags.flag(force),
     }
-    for key, tag in tags.items():
+    for key, tag in version_tags.items():
         client.set_model_version_tag(spec.model_name, version, key, tag)
     log.info("promoted %s version %s (run %s, %s=%.4g%s) to @%s", spec.model_name, version, best.run_id,
-             spec.metric, value, f"; previous version {current.version}: {previous_value:.4g}" if current else "",
-             spec.alias)
-    return Promotion(spec.model_name, str(version), best.run_id, spec.metric, value, spec.alias)
+             spec.metric, value, f"; previous version {current.version}: {previous_value:.4g}"
+             if current and previous_value is not None else "", spec.alias)
+    return Promotion(spec.model_name, str(version), best.run_id, spec.metric, value)
+
+
+def _say_if_other_evaluation(client, current, alias: str, evaluation: dict | None) -> None:
+    """The holder is re-scored on the challenger's split; say so when it was chosen on another."""
+    import json
+
+    recorded = client.get_run(current.run_id).data.tags.get(getattr(tags, "EVALUATION", ""), "") if current.run_id else ""
+    wanted = json.dumps(evaluation, sort_keys=True) if evaluation else ""
+    if recorded and wanted and recorded != wanted:
+        log.info("@%s version %s was evaluated on %s; it is compared on the new runs' evaluation %s",
+                 alias, current.version, recorded, wanted)
 
 
 def _register(client, run_id: str, name: str) -> str:
@@ -131,28 +178,22 @@ def _register(client, run_id: str, name: str) -> str:
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND_CODES:
+            raise
         client.create_registered_model(name)
-    import mlflow
-
-    # MLflow's registry resolves `models:/<model id>` sources through the global tracking URI.
-    mlflow.set_tracking_uri(client.tracking_uri)
     outputs = client.get_run(run_id).outputs
     model_outputs = sorted(outputs.model_outputs, key=lambda o: o.step) if outputs else []
-    if model_outputs:
+    if model_outputs:  # its own artifact location: registering never resolves `models:/<id>` globally
         model_id = model_outputs[-1].model_id
-        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+        source = client.get_logged_model(model_id).artifact_location
+        version = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
     else:  # a model saved as plain run artifacts
-        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + f"/{MODEL_ARTIFACT}"
+        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + f"/{tags.MODEL_ARTIFACT}"
         version = client.create_model_version(name, source=source, run_id=run_id)
     return str(version.version)
 
 
-def _current(client, spec: PromoteSpec):
-    """The model version holding the alias now, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(spec.model_name, spec.alias)
-    except MlflowException:
-        return None
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,8 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import data, paths, tracking
-from .config import METRICS
+from . import data, paths, tags, tracking
 from .exceptions import PipelineError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .tasks import NotebookTask, run_task
+    from .tasks import NotebookTask, run_metrics, run_task
 
     uri = tracking.tracking_uri(tracking_uri, outputs)
     tracking.check_reachable(uri)
@@ -64,13 +63,13 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
         run = client.get_run(run_id)
     except MlflowException:
         raise PipelineError(f"no run {run_id} in tracking store {tracking.redact(uri)}") from None
-    tags = run.data.tags
-    if tags.get("powerpipe.stage") != "train" or "powerpipe.parameters" not in tags:
+    recorded_tags = run.data.tags
+    if recorded_tags.get(tags.STAGE) != "train" or tags.PARAMETERS not in recorded_tags:
         raise PipelineError(f"run {run_id} is not a training grid point recorded by this pipeline; "
                             "only those can be reproduced")
 
-    expected_sha = tags["powerpipe.data_sha256"]
-    path = Path(data_path or tags.get("powerpipe.data_path", "")).expanduser()
+    expected_sha = recorded_tags[tags.DATA_SHA256]
+    path = Path(data_path or recorded_tags.get(tags.DATA_PATH, "")).expanduser()
     if not path.is_file():
         raise PipelineError(f"the data of run {run_id} is missing: {path} (SHA-256 {expected_sha}); "
                             "pass --data with a copy of that file")
@@ -79,35 +78,35 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
         raise PipelineError(f"{path} is not the data of run {run_id}: its SHA-256 is {actual_sha}, "
                             f"the run used {expected_sha}")
 
-    notebook_name = tags["powerpipe.notebook"]
-    parameters = json.loads(tags["powerpipe.parameters"])
+    notebook_name = recorded_tags[tags.NOTEBOOK]
+    parameters = json.loads(recorded_tags[tags.PARAMETERS])
     with tempfile.TemporaryDirectory(prefix="powerpipe-reproduce-") as source_dir:
         try:
-            notebook = client.download_artifacts(run_id, f"source/{notebook_name}", source_dir)
+            notebook = client.download_artifacts(run_id, tags.source_artifact(notebook_name), source_dir)
         except (MlflowException, OSError) as exc:
-            raise PipelineError(f"run {run_id} has no notebook source recorded (artifact source/{notebook_name}): "
+            raise PipelineError(f"run {run_id} has no notebook source recorded (artifact "
+                                f"{tags.source_artifact(notebook_name)}): "
                                 f"{exc}") from None
         output = Path(outputs).resolve() / "reproductions" / run_id / f"{run.info.run_name}.ipynb"
         task = NotebookTask(
             notebook=notebook, stage="reproduce", label=f"reproduce {run.info.run_name}", output_notebook=str(output),
             parameters={**parameters, "data_path": str(path)}, shown=parameters,
             tags={
-                "powerpipe.kind": "reproduction",
-                "powerpipe.reproduces": run_id,
-                "powerpipe.stage": "reproduce",
-                "powerpipe.notebook": notebook_name,
-                "powerpipe.notebook_sha256": tags.get("powerpipe.notebook_sha256", ""),
-                "powerpipe.data_sha256": actual_sha,
-                "powerpipe.data_path": str(path),
-                "powerpipe.parameters": tags["powerpipe.parameters"],
+                # What the original ran (its notebook and parameters), then what this run is.
+                **{name: recorded_tags.get(name, "") for name in (tags.NOTEBOOK, tags.NOTEBOOK_SHA256, tags.PARAMETERS)},
+                tags.KIND: tags.KIND_REPRODUCTION,
+                tags.REPRODUCES: run_id,
+                tags.STAGE: "reproduce",
+                tags.DATA_SHA256: actual_sha,
+                tags.DATA_PATH: str(path),
             },
             tracking_uri=uri, experiment_id=run.info.experiment_id,
             experiment_name=client.get_experiment(run.info.experiment_id).name, cache_key="", timeout=timeout,
         )
         log.info("re-executing %s with %s on %s", notebook_name, parameters, path)
         outcome, _ = run_task(task, kernel=None)  # a fresh kernel, as nothing else runs beside it
-    recorded = {k: v for k, v in run.data.metrics.items() if k in METRICS}
+    recorded = run_metrics(run)
     mismatched = sorted(k for k in recorded if outcome.metrics.get(k) != recorded[k])
-    client.set_tag(outcome.run_id, "powerpipe.metrics_match", str(not mismatched and outcome.ok).lower())
+    client.set_tag(outcome.run_id, tags.METRICS_MATCH, tags.flag(not mismatched and outcome.ok))
     return Reproduction(run_id, outcome.run_id, notebook_name, output, recorded, outcome.metrics,
                         error=outcome.error, mismatched=mismatched)

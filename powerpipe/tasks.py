@@ -7,11 +7,14 @@ needs travels with it: paths, parameters, run tags and the tracking URI, never a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import tags
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ class TaskOutcome:
     output_notebook: str = ""
 
 
-def _client(uri: str):
+def store_client(uri: str):
+    """One MlflowClient per tracking URI in this process (runner or worker)."""
     import mlflow
 
     if uri not in _clients:
@@ -54,9 +58,21 @@ def _client(uri: str):
     return _clients[uri]
 
 
-def _param_text(value: Any) -> str:
-    import json
+def run_metrics(run) -> dict[str, float]:
+    """The metrics of a recorded run that the runner reports (summary.json, promotion)."""
+    from .config import METRICS
 
+    return {name: value for name, value in run.data.metrics.items() if name in METRICS}
+
+
+def finished_outcome(run, output_notebook: str) -> TaskOutcome:
+    """The outcome of a run that already FINISHED (a Dask attempt whose worker died after recording it)."""
+    return TaskOutcome(run_id=run.info.run_id, ok=True, metrics=run_metrics(run),
+                       seconds=round(((run.info.end_time or 0) - run.info.start_time) / 1000, 3),
+                       output_notebook=output_notebook)
+
+
+def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -73,19 +89,21 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     Returns the outcome and whether ``kernel`` may be reused.
     """
     from . import tracking
-    from .cache import CACHE_KEY_TAG
     from .execute import execute
 
     started = time.perf_counter()
-    client = _client(task.tracking_uri)
+    client = store_client(task.tracking_uri)
     output = Path(task.output_notebook)
-    run_id = client.create_run(task.experiment_id, run_name=task.label,
-                               tags={**task.tags, **tracking.runner_tags()}).info.run_id
+    html_artifact = tags.notebook_artifact(output.with_suffix(".html").name) if task.render else ""
+    run_tags = {**task.tags, **tracking.runner_tags()}
+    if html_artifact:
+        run_tags[tags.NOTEBOOK_HTML_ARTIFACT] = html_artifact
+    run_id = client.create_run(task.experiment_id, run_name=task.label, tags=run_tags).info.run_id
     try:
         for name, value in task.shown.items():
             client.log_param(run_id, name, _param_text(value))
         # The source notebook too, so that any run can be re-executed exactly (--reproduce).
-        client.log_artifact(run_id, task.notebook, artifact_path="source")
+        client.log_artifact(run_id, task.notebook, artifact_path=tags.SOURCE_ARTIFACT_DIR)
         env = {
             tracking.RUN_ID_ENV: run_id,
             tracking.TRACKING_URI_ENV: task.tracking_uri,
@@ -95,20 +113,20 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
                             render=task.render, kernel=kernel)
         for path in (execution.output_notebook, execution.output_html):
             if path is not None and path.exists():
-                client.log_artifact(run_id, str(path), artifact_path="notebook")
+                client.log_artifact(run_id, str(path), artifact_path=tags.NOTEBOOK_ARTIFACT_DIR)
         ok, error, reusable = execution.ok, execution.error, execution.kernel_reusable
         if ok and task.report_html:
             _render_report(execution.output_notebook, Path(task.report_html))
-            client.log_artifact(run_id, task.report_html, artifact_path="report")
-            client.set_tag(run_id, "powerpipe.report_path", task.report_html)
+            client.log_artifact(run_id, task.report_html, artifact_path=tags.REPORT_ARTIFACT_DIR)
+            client.set_tag(run_id, tags.REPORT_PATH, task.report_html)
         metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
-    except Exception as exc:  # noqa: BLE001 - the store or the kernel failed us: this grid point fails, not the pipeline
+    except Exception as exc:  # noqa: BLE001 - boundary: the store or the kernel failed us: this grid point fails, not the pipeline
         log.exception("%s: could not run or record the notebook", task.label)
         ok, error, reusable, metrics = False, f"{type(exc).__name__}: {exc}", False, {}
     if not ok:
-        client.set_tag(run_id, "powerpipe.error", error[:5000])
+        client.set_tag(run_id, tags.ERROR, error[:5000])
     elif task.cache_key:
-        client.set_tag(run_id, CACHE_KEY_TAG, task.cache_key)
+        client.set_tag(run_id, tags.CACHE_KEY, task.cache_key)
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
     # The grid point's whole cost: its MLflow bookkeeping as well as the notebook.
     outcome = TaskOutcome(run_id=run_id, ok=ok, metrics=metrics, seconds=round(time.perf_counter() - started, 3),

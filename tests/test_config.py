@@ -35,8 +35,15 @@ def test_shipped_configs_are_valid():
         config = load_config(path)
         validate_parameters(config)
     default = load_config(paths.DEFAULT_CONFIG)
-    # The tutorial's grids plus linear regression: 1 + 4 x 3 + 2.
-    assert len(default.training_points()) == 15
+    # One training point per combination of each entry's grid values, counted from the YAML itself.
+    import math
+
+    import yaml
+
+    raw = yaml.safe_load(paths.DEFAULT_CONFIG.read_text())
+    expected = sum(math.prod(len(values) for values in (entry.get("grid") or {}).values())
+                   for entry in raw["stages"]["train"])
+    assert len(default.training_points()) == expected > 1
     assert default.promote.metric == "rmse" and default.promote.goal == "minimize"
     assert default.promote.model_name == "BestModel" and default.promote.alias == "production"
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from powerpipe import cli, paths
-from powerpipe.dask_executor import DaskExecutorError, check_tracking_uri, is_loopback_scheduler
+from powerpipe import cli, paths, tags
+from powerpipe.exceptions import DaskExecutorError
+from powerpipe.executors.dask_cluster import check_tracking_uri, is_loopback_scheduler
 
 from .conftest import make_notebook
 
@@ -130,7 +131,7 @@ def _summary(outputs: Path) -> dict:
 
 @pytest.mark.slow
 def test_workers_that_cannot_see_a_path_are_named_before_anything_runs(cluster, tmp_path):
-    from powerpipe.dask_executor import DaskExecutor
+    from powerpipe.executors.dask_cluster import DaskExecutor
 
     local_cluster, dask_client = cluster
     executor = DaskExecutor(local_cluster.scheduler_address, jobs=2, modules=[])
@@ -180,7 +181,7 @@ def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_ser
     promoted, local_promoted = remote["promoted"], local["promoted"]
     assert promoted["value"] == local_promoted["value"] and promoted["metric"] == local_promoted["metric"]
     run, local_run = client.get_run(promoted["run_id"]), local_client.get_run(local_promoted["run_id"])
-    for tag in ("powerpipe.notebook", "powerpipe.parameters"):
+    for tag in (tags.NOTEBOOK, tags.PARAMETERS):
         assert run.data.tags[tag] == local_run.data.tags[tag]
     assert client.get_model_version_by_alias("BestModel", "production").run_id == promoted["run_id"]
 
@@ -223,7 +224,7 @@ def _runs_by_point(client, experiment: str, parent_run_id: str) -> dict[str, lis
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     by_point: dict[str, list] = {}
     for run in runs:
-        by_point.setdefault(run.data.tags["powerpipe.parameters"], []).append(run)
+        by_point.setdefault(run.data.tags[tags.PARAMETERS], []).append(run)
     return by_point
 
 
@@ -250,14 +251,14 @@ def test_worker_killed_mid_notebook_is_retried_once_elsewhere(mlflow_server, clu
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'"):
-                pid = int(run.data.tags.get("powerpipe.runner_pid", 0))
-                if pid in worker_pids and run.data.tags.get("powerpipe.kind") == "notebook":
+                pid = int(run.data.tags.get(tags.RUNNER_PID, 0))
+                if pid in worker_pids and run.data.tags.get(tags.KIND) == "notebook":
                     victim = run
                     break
         time.sleep(0.2)
     assert victim is not None, "no notebook was seen running on a worker"
     time.sleep(1)  # well inside the notebook's 5 s sleep
-    os.kill(int(victim.data.tags["powerpipe.runner_pid"]), signal.SIGKILL)
+    os.kill(int(victim.data.tags[tags.RUNNER_PID]), signal.SIGKILL)
     runner.join(timeout=240)
     assert not runner.is_alive()
 
@@ -269,16 +270,16 @@ def test_worker_killed_mid_notebook_is_retried_once_elsewhere(mlflow_server, clu
     assert {p["metrics"]["rmse"] for p in summary["grid_points"]} == {1.0, 2.0, 3.0}
 
     by_point = _runs_by_point(client, experiment, summary["mlflow_parent_run_id"])
-    killed_point = victim.data.tags["powerpipe.parameters"]
+    killed_point = victim.data.tags[tags.PARAMETERS]
     for point, runs in by_point.items():
         statuses = sorted(r.info.status for r in runs)
         assert statuses == (["FINISHED", "KILLED"] if point == killed_point else ["FINISHED"]), point
     dead = next(r for r in by_point[killed_point] if r.info.status == "KILLED")
     assert dead.info.run_id == victim.info.run_id
-    assert "died" in dead.data.tags["powerpipe.error"]
+    assert "died" in dead.data.tags[tags.ERROR]
     retried = next(r for r in by_point[killed_point] if r.info.status == "FINISHED")
     assert retried.info.run_id in {p["mlflow_run_id"] for p in summary["grid_points"]}
-    assert retried.data.tags["powerpipe.runner_pid"] != victim.data.tags["powerpipe.runner_pid"]
+    assert retried.data.tags[tags.RUNNER_PID] != victim.data.tags[tags.RUNNER_PID]
 
 
 @pytest.mark.slow

@@ -9,11 +9,12 @@ import mlflow
 import nbformat
 import pytest
 
-from powerpipe import data
+from powerpipe import data, paths, tags
+from powerpipe.config import load_config
 
 pytestmark = pytest.mark.slow
 
-SMOKE_TRAINING_POINTS = 4  # linreg + 2 random forests + 1 keras
+SMOKE_TRAINING_POINTS = len(load_config(paths.SMOKE_CONFIG).training_points())
 
 
 @pytest.fixture(scope="module")
@@ -65,21 +66,21 @@ def test_executed_notebooks_have_outputs_in_a_browsable_layout(smoke_run, summar
 def test_child_runs_metrics_params_and_notebook_artifacts(smoke_run, summary, client):
     parent = client.get_run(summary["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["powerpipe.synthetic_data"] == "true"
+    assert parent.data.tags[tags.SYNTHETIC_DATA] == "true"
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == len(summary["grid_points"])
-    training = [r for r in children if r.data.tags["powerpipe.stage"] == "train"]
+    training = [r for r in children if r.data.tags[tags.STAGE] == "train"]
     assert len(training) == SMOKE_TRAINING_POINTS
     for run in children:
         assert run.info.status == "FINISHED"
-        assert re.fullmatch(r"[0-9a-f]{64}", run.data.tags["powerpipe.notebook_sha256"])
-        assert run.data.tags["powerpipe.data_sha256"] == parent.data.tags["powerpipe.processed_data_sha256"]
+        assert re.fullmatch(r"[0-9a-f]{64}", run.data.tags[tags.NOTEBOOK_SHA256])
+        assert run.data.tags[tags.DATA_SHA256] == parent.data.tags[tags.PROCESSED_DATA_SHA256]
         assert "mlflow.source.git.commit" in run.data.tags
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "notebook")}
         stem = run.info.run_name
         assert f"notebook/{stem}.ipynb" in artifacts
-        if run.data.tags["powerpipe.stage"] != "report":
+        if run.data.tags[tags.STAGE] != "report":
             assert f"notebook/{stem}.html" in artifacts
     for run in training:
         for key in ("rmse", "mae", "r2", "solar_rmse", "solar_mae", "solar_r2", "wind_rmse", "wind_mae", "wind_r2"):
@@ -89,7 +90,7 @@ def test_child_runs_metrics_params_and_notebook_artifacts(smoke_run, summary, cl
         assert point["metrics"]["rmse"] == pytest.approx(run.data.metrics["rmse"])
         for key, value in point["parameters"].items():
             assert run.data.params[key] == str(value)
-    keras = next(r for r in training if r.data.tags["powerpipe.notebook"] == "model_keras.ipynb")
+    keras = next(r for r in training if r.data.tags[tags.NOTEBOOK] == "model_keras.ipynb")
     assert len(client.get_metric_history(keras.info.run_id, "loss")) == 2  # autolog, one per epoch
 
 
@@ -101,7 +102,7 @@ def test_best_run_by_rmse_has_the_production_alias(smoke_run, summary, client):
     assert summary["promoted"] == {"name": "BestModel", "version": str(version.version),
                                    "run_id": best["mlflow_run_id"], "metric": "rmse",
                                    "value": pytest.approx(best["metrics"]["rmse"])}
-    assert version.tags["powerpipe.pipeline_run_id"] == summary["pipeline_run_id"]
+    assert version.tags[tags.PIPELINE_RUN_ID] == summary["pipeline_run_id"]
     mlflow.set_tracking_uri(smoke_run["tracking_uri"])
     model = mlflow.pyfunc.load_model("models:/BestModel@production")
     frame = data.load_processed(smoke_run["run_dir"] / "data" / "germany.csv").head(3)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from powerpipe import cli, data, paths
+from powerpipe import cli, data, paths, tags
 
 from .conftest import make_notebook
 
@@ -76,7 +76,7 @@ def project(tmp_path, monkeypatch):
         def runs(self, status: str | None = None):
             client = self.client()
             experiment = client.get_experiment_by_name("reliability")
-            query = "tags.`powerpipe.stage` = 'train'" + (f" and attributes.status = '{status}'" if status else "")
+            query = tags.equals(tags.STAGE, "train") + (f" and attributes.status = '{status}'" if status else "")
             return client.search_runs([experiment.experiment_id], query, max_results=1000)
 
     return Project()
@@ -152,12 +152,12 @@ def test_promotion_gate(project):
     assert forced["promoted"]["version"] == "2"
     code, better = project.run(project.config({"level": [0.0]}))
     assert better["promoted"]["version"] == "3"
-    tags = client.get_model_version("FakeModel", "3").tags
-    assert tags["powerpipe.previous_version"] == "2"
-    assert float(tags["powerpipe.metric_value"]) == pytest.approx(better["promoted"]["value"])
-    assert float(tags["powerpipe.previous_metric_value"]) == pytest.approx(forced["promoted"]["value"])
-    assert tags["powerpipe.pipeline_run_id"] == better["pipeline_run_id"]
-    assert float(tags["powerpipe.metric_value"]) < float(tags["powerpipe.previous_metric_value"])
+    version_tags = client.get_model_version("FakeModel", "3").tags
+    assert version_tags[tags.PREVIOUS_VERSION] == "2"
+    assert float(version_tags[tags.METRIC_VALUE]) == pytest.approx(better["promoted"]["value"])
+    assert float(version_tags[tags.PREVIOUS_METRIC_VALUE]) == pytest.approx(forced["promoted"]["value"])
+    assert version_tags[tags.PIPELINE_RUN_ID] == better["pipeline_run_id"]
+    assert float(version_tags[tags.METRIC_VALUE]) < float(version_tags[tags.PREVIOUS_METRIC_VALUE])
 
 
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(project):
@@ -184,8 +184,8 @@ def test_reproduce_matches_and_refuses_other_data(project, capsys):
     out = capsys.readouterr().out
     assert "every metric matches exactly" in out
     new = project.client().search_runs([project.client().get_experiment_by_name("reliability").experiment_id],
-                                       f"tags.`powerpipe.reproduces` = '{run_id}'")
-    assert len(new) == 1 and new[0].data.tags["powerpipe.metrics_match"] == "true"
+                                       tags.equals(tags.REPRODUCES, run_id))
+    assert len(new) == 1 and new[0].data.tags[tags.METRICS_MATCH] == "true"
 
     changed = project.root / "changed.csv"
     changed.write_text(project.data_path.read_text().replace("2016-06-01 00:00:00+00:00,", "2016-06-01 00:00:00+00:00,0", 1))
@@ -218,7 +218,7 @@ def _count_runs(project, status: str) -> int:
         with sqlite3.connect(project.tracking_uri[len("sqlite:///"):], timeout=5) as db:
             return db.execute(
                 "SELECT count(*) FROM runs WHERE status = ? AND run_uuid IN "
-                "(SELECT run_uuid FROM tags WHERE key = 'powerpipe.stage' AND value = 'train')", (status,)
+                f"(SELECT run_uuid FROM tags WHERE key = '{tags.STAGE}' AND value = 'train')", (status,)
             ).fetchone()[0]
     except sqlite3.Error:  # not created yet
         return 0
@@ -252,7 +252,7 @@ def test_sigkill_mid_grid_then_next_run_completes_only_the_missing_points(projec
     assert sorted(finished) == sorted(set(finished)) and len(finished) == 4  # each point FINISHED once
     assert not project.runs("RUNNING")
     for run in project.runs("KILLED"):
-        assert "runner stopped" in run.data.tags["powerpipe.error"]
+        assert "runner stopped" in run.data.tags[tags.ERROR]
 
 
 def test_ctrl_c_stops_promptly_and_kills_kernels(project):

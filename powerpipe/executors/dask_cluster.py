@@ -25,20 +25,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from .exceptions import PipelineError
-from .tasks import NotebookTask, TaskOutcome
+from .. import tags
+from ..exceptions import DaskExecutorError
+from ..tasks import NotebookTask, TaskOutcome, finished_outcome, store_client
+from .lease import KernelLease, KernelSettings, threads_per_kernel
+from .waiting import wait
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_KEY_TAG = "powerpipe.dask_key"  # the same on every attempt of one grid point
-WORKER_TAG = "powerpipe.dask_worker"
 MAX_ATTEMPTS = 2  # one execution, and one retry elsewhere if its worker died
-MAX_KERNEL_USES = 25  # as the local pool: a long-lived kernel is replaced now and then
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-class DaskExecutorError(PipelineError):
-    """The Dask cluster cannot be used for this pipeline (unreachable, or cannot see its files)."""
 
 
 # -- checks made before anything runs ------------------------------------------------------------
@@ -69,7 +65,7 @@ def check_tracking_uri(tracking_uri: str, scheduler: str | None) -> None:
         return
     scheme = urllib.parse.urlsplit(tracking_uri).scheme.lower()
     if scheme in ("sqlite", "file", "") or (len(scheme) == 1 and tracking_uri[1:3] in (":\\", ":/")):
-        from . import tracking
+        from .. import tracking
 
         raise DaskExecutorError(
             f"tracking URI {tracking.redact(tracking_uri)} is a local {'SQLite file' if scheme == 'sqlite' else 'folder'}"
@@ -80,54 +76,55 @@ def check_tracking_uri(tracking_uri: str, scheduler: str | None) -> None:
 
 # -- on the workers --------------------------------------------------------------------------------
 
-_kernels_lock = threading.Lock()
-_idle_kernels: dict[tuple, list] = {}  # kernel settings -> warm kernels not running anything
-_busy_kernels: set = set()
+_leases_lock = threading.Lock()
+_leases: dict[KernelSettings, KernelLease] = {}  # kernel settings -> this worker process's kernels
+_idle_kernels: dict[KernelSettings, list] = {}  # warm kernels not running anything
 
 
-def _take_kernel(settings: tuple, env: dict[str, str], warmup: str | None):
-    from . import kernels
-
-    with _kernels_lock:
-        idle = _idle_kernels.get(settings, [])
-        while idle:
-            kernel = idle.pop()
-            if kernel.alive():
-                _busy_kernels.add(kernel)
-                return kernel
-            kernel.shutdown()
-    kernel = kernels.Kernel(env=env, warmup=warmup)
-    with _kernels_lock:
-        _busy_kernels.add(kernel)
-    return kernel
+def _lease(settings: KernelSettings, reuse: bool) -> KernelLease:
+    with _leases_lock:
+        lease = _leases.get(settings)
+        if lease is None or lease.closed:
+            lease = _leases[settings] = KernelLease(settings, reuse=reuse)
+        return lease
 
 
-def _give_back(kernel, settings: tuple, reusable: bool) -> None:
-    with _kernels_lock:
-        _busy_kernels.discard(kernel)
-        keep = reusable and kernel.uses < MAX_KERNEL_USES
-        if keep:
-            _idle_kernels.setdefault(settings, []).append(kernel)
-    if not keep:
-        kernel.shutdown()
+def _take_kernel(lease: KernelLease):
+    with _leases_lock:
+        idle = _idle_kernels.get(lease.settings, [])
+        kernel = idle.pop() if idle else None
+    return lease.take(kernel)
+
+
+def _give_back(lease: KernelLease, kernel, reusable: bool) -> None:
+    kept = lease.give_back(kernel, reusable)
+    if kept is not None:
+        with _leases_lock:
+            _idle_kernels.setdefault(lease.settings, []).append(kept)
 
 
 def shutdown_worker_kernels(include_busy: bool = False) -> int:
     """Stop this worker process's warm kernels (run on every worker when a pipeline ends). Returns how many."""
-    with _kernels_lock:
-        doomed = [k for kernels in _idle_kernels.values() for k in kernels]
+    with _leases_lock:
+        idle = {settings: kernels for settings, kernels in _idle_kernels.items()}
         _idle_kernels.clear()
+        leases = list(_leases.values())
         if include_busy:  # Ctrl-C: the notebooks running on them fail at once
-            doomed += list(_busy_kernels)
-    for kernel in doomed:
-        kernel.shutdown()
-    return len(doomed)
+            _leases.clear()
+    if include_busy:
+        return sum(lease.kill_all() for lease in leases)
+    stopped = 0
+    for settings, kernels in idle.items():
+        for kernel in kernels:
+            _leases[settings].retire(kernel)
+            stopped += 1
+    return stopped
 
 
 def _runs_of(client, task: NotebookTask, key: str) -> list:
     """Earlier attempts' runs of this grid point, oldest first."""
     runs = client.search_runs([task.experiment_id],
-                              f"tags.`{ATTEMPT_KEY_TAG}` = '{key}'", max_results=100)
+                              tags.equals(tags.DASK_KEY, key), max_results=100)
     return sorted(runs, key=lambda run: run.info.start_time)
 
 
@@ -135,10 +132,10 @@ def _close_attempts(client, runs: list, reason: str, last_failed: bool) -> None:
     """Mark attempts' runs still RUNNING as KILLED; with ``last_failed``, the latest one FAILED instead."""
     for run in runs[:-1] if last_failed else runs:
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "powerpipe.error", reason[:5000])
+            client.set_tag(run.info.run_id, tags.ERROR, reason[:5000])
             client.set_terminated(run.info.run_id, "KILLED")
     if last_failed and runs:
-        client.set_tag(runs[-1].info.run_id, "powerpipe.error", reason[:5000])
+        client.set_tag(runs[-1].info.run_id, tags.ERROR, reason[:5000])
         client.set_terminated(runs[-1].info.run_id, "FAILED")
 
 
@@ -150,25 +147,19 @@ def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_k
     """
     from distributed import get_worker
 
-    from . import kernels
-    from .tasks import _client, run_task
+    from ..tasks import run_task
 
     worker = get_worker()
-    client = _client(task.tracking_uri)
+    client = store_client(task.tracking_uri)
     earlier = _runs_of(client, task, key)
     finished = [run for run in earlier if run.info.status == "FINISHED"]
     if finished:  # an attempt completed, but its worker died before the scheduler heard of it: no rerun
-        from .config import METRICS
-
         run = finished[-1]
         _close_attempts(client, [r for r in earlier if r is not run], "superseded by a FINISHED attempt",
                         last_failed=False)
-        return TaskOutcome(run_id=run.info.run_id, ok=True,
-                           metrics={k: v for k, v in run.data.metrics.items() if k in METRICS},
-                           seconds=round(((run.info.end_time or 0) - run.info.start_time) / 1000, 3),
-                           output_notebook=task.output_notebook)
+        return finished_outcome(run, task.output_notebook)
     if earlier:
-        where = earlier[-1].data.tags.get(WORKER_TAG, "?")
+        where = earlier[-1].data.tags.get(tags.DASK_WORKER, "?")
         if len(earlier) >= MAX_ATTEMPTS:
             reason = (f"WorkerDied: the Dask worker running this notebook died in {len(earlier)} attempts "
                       f"(last on {where}); not tried again")
@@ -180,18 +171,15 @@ def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_k
                         last_failed=False)
         log.warning("%s: worker %s died mid-notebook; retrying on %s", task.label, where, worker.address)
     here = urllib.parse.urlsplit(worker.address).hostname
-    threads = max(1, (os.cpu_count() or 1) // max(1, host_threads.get(here, worker.state.nthreads)))
-    env = kernels.thread_caps(threads)
-    warmup = kernels.warmup_code(modules, task.tracking_uri, threads) if reuse_kernels else None
-    settings = (tuple(sorted(env.items())), warmup)
-    task = dataclasses.replace(task, tags={**task.tags, ATTEMPT_KEY_TAG: key, WORKER_TAG: worker.address})
-    kernel = _take_kernel(settings, env, warmup)
+    threads = threads_per_kernel(host_threads.get(here, worker.state.nthreads))
+    lease = _lease(KernelSettings.for_threads(threads, modules, task.tracking_uri, reuse_kernels), reuse_kernels)
+    task = dataclasses.replace(task, tags={**task.tags, tags.DASK_KEY: key, tags.DASK_WORKER: worker.address})
+    kernel = _take_kernel(lease)
     reusable = False
     try:
         outcome, reusable = run_task(task, kernel)
-        kernel.uses += 1
     finally:
-        _give_back(kernel, settings, reusable and reuse_kernels)
+        _give_back(lease, kernel, reusable)
     return outcome
 
 
@@ -230,7 +218,7 @@ class DaskExecutor:
         if scheduler:
             try:
                 self.client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
-            except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ...: all mean "cannot use it"
+            except Exception as exc:  # noqa: BLE001 - boundary: OSError, TimeoutError, ...: all mean "cannot use it"
                 raise DaskExecutorError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from None
         else:
             self.cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
@@ -240,7 +228,7 @@ class DaskExecutor:
                                               for name in ("papermill", "traitlets", "mlflow", "alembic")})
         try:
             self.client.wait_for_workers(1, timeout=connect_timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - boundary: any failure to see a worker means "no worker"
             self.close()
             raise DaskExecutorError(f"the Dask scheduler {scheduler} has no worker (waited {connect_timeout:g} s); "
                                     "start some with: dask worker " + str(scheduler)) from None
@@ -272,20 +260,16 @@ class DaskExecutor:
         """Execute one task on the cluster and wait for its outcome (Ctrl-C stays responsive)."""
         if self._closed:
             raise RuntimeError("DaskExecutor is closed")
-        key = f"notebook-{task.tags.get('powerpipe.pipeline_run_id', 'run')}-{task.label}"
+        key = f"notebook-{task.tags.get(tags.PIPELINE_RUN_ID, 'run')}-{task.label}"
         future = self.client.submit(run_task_on_worker, task, key, self.modules, self.reuse_kernels,
                                     self.host_threads, key=key, pure=False, retries=1)
         with self._lock:
             self._futures[key] = future
         try:
-            while True:
-                try:
-                    return future.result(timeout=0.5)
-                except TimeoutError:
-                    continue
+            return wait(future)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as exc:  # noqa: BLE001 - KilledWorker, CancelledError, a task that raised twice
+        except BaseException as exc:  # noqa: BLE001 - boundary: KilledWorker, CancelledError, a task that raised twice
             return self._failed(task, key, exc)
         finally:
             with self._lock:
@@ -293,29 +277,28 @@ class DaskExecutor:
 
     def _failed(self, task: NotebookTask, key: str, exc: BaseException) -> TaskOutcome:
         """Record a task that the cluster could not complete as one FAILED run of its grid point."""
-        from . import tracking
-        from .tasks import _client
+        from .. import tracking
 
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if type(exc).__name__ == "KilledWorker":
             error = f"WorkerDied: the Dask workers running this notebook died ({exc})"
         log.error("%s: %s", task.label, error)
-        client = _client(task.tracking_uri)
+        client = store_client(task.tracking_uri)
         runs = _runs_of(client, task, key)
         if runs:
             _close_attempts(client, runs, error, last_failed=True)
             run_id = runs[-1].info.run_id
         else:  # it never got as far as creating its run: create one, so the grid point has its FAILED run
             run_id = client.create_run(task.experiment_id, run_name=task.label,
-                                       tags={**task.tags, ATTEMPT_KEY_TAG: key, **tracking.runner_tags()}).info.run_id
-            client.set_tag(run_id, "powerpipe.error", error[:5000])
+                                       tags={**task.tags, tags.DASK_KEY: key, **tracking.runner_tags()}).info.run_id
+            client.set_tag(run_id, tags.ERROR, error[:5000])
             client.set_terminated(run_id, "FAILED")
         return TaskOutcome(run_id=run_id, ok=False, error=error, output_notebook=task.output_notebook)
 
     def _stop_kernels(self, include_busy: bool) -> None:
         try:
             self.client.run(shutdown_worker_kernels, include_busy, wait=True)
-        except Exception as exc:  # noqa: BLE001 - a worker gone already has no kernel left
+        except Exception as exc:  # noqa: BLE001 - boundary: a worker gone already has no kernel left
             log.debug("could not stop the workers' kernels: %s", exc)
 
     def close(self) -> None:
@@ -337,7 +320,7 @@ class DaskExecutor:
         if futures:
             try:
                 self.client.cancel(futures, force=True)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - boundary: stopping anyway; a future gone needs no cancel
                 pass
         self._stop_kernels(include_busy=True)
         self.close()

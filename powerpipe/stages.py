@@ -1,0 +1,144 @@
+"""What the pipeline does before its stages (checks, run folder, store, executor) and the stages
+that are more than "run the notebook": process (its output file), promote, report (the pinned model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from . import cache, paths, tags, tracking
+from . import data as data_module
+from .exceptions import ConfigError, StoreUnreachableError
+from .executors import make_executor
+from .parameterize import notebook_hash
+from .recorder import DONE, FAILED, OK, RunRecorder, StepResult, new_pipeline_run_id
+from .step_runner import StepRunner
+from .steps import Step, build_steps
+
+log = logging.getLogger(__name__)
+
+
+def prepare(options, on_step=None):
+    """Every check that can fail before anything is logged, then the run folder, parent run and executor."""
+    import mlflow
+
+    from .pipeline import Pipeline, load_and_check
+
+    config = load_and_check(options.config)
+    if options.data == "opsd" and config.process is None:
+        raise ConfigError(f"{config.path}: --data opsd builds the data in the process stage, but the config "
+                          "has no stages.process")
+    source = data_module.resolve(options.data)
+    if source.synthetic:
+        log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
+                    source.path)
+    uri = tracking.tracking_uri(options.tracking_uri, options.outputs)
+    if options.executor == "dask":
+        from .executors.dask_cluster import check_tracking_uri
+
+        check_tracking_uri(uri, options.scheduler)
+    tracking.check_reachable(uri)
+    steps = build_steps(config)
+    run_id = new_pipeline_run_id()
+    run_dir = Path(options.outputs).resolve() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    notebooks = [spec.notebook for spec in config.notebook_specs()]
+    try:  # a cluster that cannot see the run folder fails here, before any run is logged
+        executor = make_executor(options.executor, jobs=options.jobs, notebooks=notebooks, tracking_uri=uri,
+                                 reuse_kernels=options.reuse_kernels, scheduler=options.scheduler,
+                                 shared_paths=[run_dir, source.path, *notebooks])
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
+        tracking.enable_sqlite_wal(uri)
+        client = mlflow.MlflowClient(uri)
+        experiment_id = tracking.ensure_experiment(client, config.experiment, uri)
+        tracking.mark_abandoned_runs(client, experiment_id)
+        cached_runs = {} if options.force else cache.finished_runs_by_key(client, experiment_id)
+        recorder = RunRecorder(client, experiment_id, run_id, run_dir, source, config.path, on_step)
+    except BaseException:
+        executor.kill()
+        raise
+    runner = StepRunner(recorder, executor, uri, config.experiment, options.timeout or config.timeout,
+                        {nb: (notebook_hash(nb), cache.notebook_code_sha256(nb)) for nb in notebooks},
+                        cached_runs)
+    return Pipeline(config, steps, source, recorder, runner, force_promote=options.force_promote)
+
+
+def run_process(pipeline, step: Step) -> Path | None:
+    """The process notebook writes the run's processed CSV; returns it, or None if it failed."""
+    source, recorder = pipeline.source, pipeline.recorder
+    processed = recorder.run_dir / "data" / paths.PROCESSED_DATA_NAME
+    if source.source == "opsd":  # built from the raw OPSD files: their hashes (once downloaded) are its identity
+        from . import opsd
+
+        runtime = dataclasses.replace(pipeline.runtime, input_path=None, output_path=str(processed))
+        fingerprint = opsd.process_inputs_fingerprint(step.parameters(runtime))
+        inputs = json.dumps(fingerprint, sort_keys=True) if fingerprint else ""
+    else:
+        runtime = dataclasses.replace(pipeline.runtime, input_path=str(source.path), output_path=str(processed))
+        inputs = source.sha256
+    result = pipeline.runner.run_with_output(step, runtime, inputs, tags.PROCESSED_PATH, processed,
+                                             sha256_tag=tags.PROCESSED_SHA256, data=(source.path, source.sha256))
+    if result.status not in DONE:
+        return None
+    if not processed.is_file():
+        result.status, result.error = FAILED, f"the process notebook wrote no file at {processed}"
+        log.error("%s", result.error)
+        return None
+    if result.status == OK:
+        run_tags = {tags.PROCESSED_PATH: str(processed), tags.PROCESSED_SHA256: data_module.file_sha256(processed)}
+        if inputs == "":  # raw files downloaded just now: their hashes make the cache key
+            from . import opsd
+
+            fingerprint = opsd.process_inputs_fingerprint(step.parameters(runtime))
+            if fingerprint:
+                run_tags[tags.CACHE_KEY] = pipeline.runner.cache_key(step, runtime, json.dumps(fingerprint,
+                                                                                             sort_keys=True))
+        recorder.tag_run(result.mlflow_run_id, run_tags)
+    return processed
+
+
+def run_promote(pipeline, trained: list[StepResult]):
+    from .promote import Candidate, promote
+
+    spec = pipeline.config.promote
+    if spec is None:
+        return None
+    candidates = [Candidate(r.mlflow_run_id, OK, r.metrics) for r in trained if r.mlflow_run_id]
+    return promote(pipeline.recorder.client, candidates, spec, pipeline.recorder.run_id,
+                   Path(pipeline.runtime.data_path), force=pipeline.force_promote,
+                   evaluation=pipeline.config.evaluation)
+
+
+def run_report(pipeline, step: Step) -> str | None:
+    """The weekly report on the model the alias points at now, pinned by version (the report and its
+    cache key name the same model). Returns the HTML's path in the run folder, or None."""
+    from .promote import alias_holder
+
+    recorder, spec = pipeline.recorder, pipeline.config.promote
+    alias_uri = f"models:/{spec.model_name}@{spec.alias}"
+    try:
+        holder = alias_holder(recorder.client, spec)
+    except StoreUnreachableError as exc:
+        log.error("report not run: %s", exc)
+        recorder.record(StepResult(step.stage, step.notebook.name, step.shown, FAILED, error=str(exc),
+                                   label=step.label))
+        return None
+    if holder is None:
+        log.warning("report skipped: no model holds %s", alias_uri)
+        recorder.skip(step, f"no model holds {alias_uri}")
+        return None
+    runtime = dataclasses.replace(pipeline.runtime, model_uri=f"models:/{spec.model_name}/{holder.version}")
+    html = recorder.run_dir / tags.REPORT_ARTIFACT_DIR / tags.REPORT_HTML_NAME
+    result = pipeline.runner.run_with_output(step, runtime, pipeline.data_sha256, tags.REPORT_PATH, html,
+                                             data=(Path(runtime.data_path), pipeline.data_sha256), render=False,
+                                             report_html=html)
+    if result.status not in DONE:
+        return None
+    recorder.client.log_artifact(recorder.parent_run_id, str(html), artifact_path=tags.REPORT_ARTIFACT_DIR)
+    return recorder.relative(html)
