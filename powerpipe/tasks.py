@@ -37,6 +37,7 @@ class NotebookTask:
     timeout: float | None = None
     render: bool = True
     report_html: str | None = None  # also render the executed notebook as a report here: no code, offline
+    run_id: str | None = None  # record into this existing run (an MLflow Project's) instead of a new one
 
 
 @dataclass
@@ -98,7 +99,12 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     run_tags = {**task.tags, **tracking.runner_tags()}
     if html_artifact:
         run_tags[tags.NOTEBOOK_HTML_ARTIFACT] = html_artifact
-    run_id = client.create_run(task.experiment_id, run_name=task.label, tags=run_tags).info.run_id
+    if task.run_id:
+        run_id = task.run_id
+        for name, value in run_tags.items():
+            client.set_tag(run_id, name, value)
+    else:
+        run_id = client.create_run(task.experiment_id, run_name=task.label, tags=run_tags).info.run_id
     try:
         for name, value in task.shown.items():
             client.log_param(run_id, name, _param_text(value))
