@@ -13,11 +13,14 @@ import itertools
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .exceptions import ConfigError
 from .parameterize import check_values, read_parameters
+
+if TYPE_CHECKING:
+    from .search import SearchSpec
 
 STAGES = ("process", "train", "compare", "promote", "report")
 
@@ -39,11 +42,15 @@ OPTIONAL_RUNTIME_PARAMETERS = {"evaluation"}
 # Runtime parameters that decide a result, and so enter its cache key (paths do not: the data's
 # SHA-256 does).
 KEYED_RUNTIME_PARAMETERS = {"evaluation", "run_ids", "metric", "goal", "model_uri", "synthetic_data"}
+# Labels of a search (``search:`` instead of ``grid:``): ``model_rf__search``, its trials ``model_rf__trial_7``.
+SEARCH_SUFFIX = "__search"
+TRIAL_INFIX = "__trial_"
 
 
 @dataclass(frozen=True)
 class NotebookSpec:
-    """One notebook of a stage with its fixed parameters and its grid (lists of values per key)."""
+    """One notebook of a stage with its fixed parameters and its grid (lists of values per key), or
+    instead of a grid a search (``powerpipe.search``: an Optuna study whose trials are executions)."""
 
     stage: str
     notebook: Path
@@ -51,10 +58,16 @@ class NotebookSpec:
     grid: dict[str, list] = field(default_factory=dict)
     where: str = ""  # "file: stages.train[1]" for messages
     label_keys: tuple[str, ...] = ()  # fixed parameters named in labels (a notebook listed more than once)
+    search: "SearchSpec | None" = None
 
     @property
     def name(self) -> str:
         return self.notebook.stem
+
+    @property
+    def search_label(self) -> str:
+        """The search's label (``model_rf__search``); its trials' are ``model_rf__trial_<number>``."""
+        return GridPoint(self, dict(self.parameters), {}).label + SEARCH_SUFFIX
 
     def grid_points(self) -> list["GridPoint"]:
         keys = list(self.grid)
@@ -109,7 +122,8 @@ class PipelineConfig:
                      if name not in OPTIONAL_RUNTIME_PARAMETERS or getattr(self, name, None) is not None)
 
     def training_points(self) -> list[GridPoint]:
-        return [point for spec in self.train for point in spec.grid_points()]
+        """The grid points of the training stage (a search's trials are not known before it runs)."""
+        return [point for spec in self.train if spec.search is None for point in spec.grid_points()]
 
     def notebook_specs(self) -> list[NotebookSpec]:
         return [s for s in [self.process, *self.train, self.compare, self.report] if s is not None]
@@ -157,7 +171,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         where = f"{path}: {key}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping with a 'notebook' key")
-        _no_unknown(entry, {"notebook", "parameters", "grid"}, where)
+        _no_unknown(entry, {"notebook", "parameters", "grid", "search"}, where)
         notebook = entry.get("notebook")
         if not isinstance(notebook, str) or not notebook:
             raise ConfigError(f"{where}.notebook must name a notebook file")
@@ -175,7 +189,16 @@ def load_config(path: str | Path) -> PipelineConfig:
                 raise ConfigError(f"{where}.grid.{name} must be a list of values, got {values!r}")
             if not values:
                 raise ConfigError(f"{where}.grid.{name} is an empty list: the grid would have no points")
-        return NotebookSpec(stage, notebook_path, dict(parameters), dict(grid), where)
+        search = None
+        if entry.get("search") is not None:
+            from .search import SearchSpec
+
+            if stage != "train":
+                raise ConfigError(f"{where}.search: {stage} runs once; a search is allowed only in stages.train")
+            if grid:
+                raise ConfigError(f"{where}: give either a grid or a search, not both")
+            search = SearchSpec.parse(entry["search"], f"{where}.search")
+        return NotebookSpec(stage, notebook_path, dict(parameters), dict(grid), where, search=search)
 
     train = [notebook_spec("train", e, f"stages.train[{i}]") for i, e in enumerate(train_raw)]
     listed = [spec.notebook for spec in train]
@@ -184,11 +207,11 @@ def load_config(path: str | Path) -> PipelineConfig:
              for spec in train]
     seen: dict[str, str] = {}
     for spec in train:
-        for point in spec.grid_points():
-            if point.label in seen:
-                raise ConfigError(f"{spec.where}: grid point {point.label} is already in {seen[point.label]}; "
+        for label in [spec.search_label] if spec.search else [point.label for point in spec.grid_points()]:
+            if label in seen:
+                raise ConfigError(f"{spec.where}: grid point {label} is already in {seen[label]}; "
                                   "each grid point must differ in its notebook or parameters")
-            seen[point.label] = spec.where
+            seen[label] = spec.where
     single = {
         stage: notebook_spec(stage, stages[stage], f"stages.{stage}") if stages.get(stage) is not None else None
         for stage in ("process", "compare", "report")
@@ -240,7 +263,8 @@ def _evaluation(raw: Any, path: Path) -> dict[str, Any] | None:
 
 
 def validate_parameters(config: PipelineConfig) -> None:
-    """Check every grid key and value, and the runner's own parameters, against each notebook."""
+    """Check every grid key and value, every search range, and the runner's own parameters, against each
+    notebook."""
     for spec in config.notebook_specs():
         runtime = config.runtime_parameters(spec.stage)
         declared = read_parameters(spec.notebook)
@@ -260,6 +284,9 @@ def validate_parameters(config: PipelineConfig) -> None:
         for key, values in spec.grid.items():
             for value in values:
                 check_values(spec.notebook, {key: value}, f"{spec.where}.grid.{key}")
+        if spec.search is not None:
+            spec.search.validate(spec.notebook, spec.parameters, RUNTIME_PARAMETERS.get(spec.stage, ()),
+                                 f"{spec.where}.search")
 
 
 def _no_unknown(mapping: dict, allowed: set[str], where: str) -> None:

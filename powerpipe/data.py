@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import paths
 from .exceptions import DataError
+from .fsutil import as_disk_full_error, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -209,20 +210,14 @@ def is_dst_fallback_hour(times: pd.Series) -> pd.Series:
 
 
 def write_processed(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a processed frame in the tutorial's CSV layout, atomically."""
+    """Write a processed frame in the tutorial's CSV layout, atomically (a full disk: ``DiskFullError``,
+    and the previous file, if any, stays whole)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = frame[COLUMNS].copy()
     out.index = out.index.tz_convert("UTC")
     out.index.name = TIME_COLUMN
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        out.to_csv(tmp, date_format="%Y-%m-%d %H:%M:%S+00:00")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as temporary:
+        out.to_csv(temporary, date_format="%Y-%m-%d %H:%M:%S+00:00")
     return path
 
 
@@ -291,7 +286,10 @@ def synthetic_frame(start: str = "2013-01-01", end: str = "2016-12-31 23:00", se
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 10.0) -> Path:
-    """Stream ``url`` into ``dest``; the file appears only complete and, if a hash is given, verified."""
+    """Stream ``url`` into ``dest``; the file appears only complete and, if a hash is given, verified.
+
+    A failed download is a ``DataError``; a full disk is a ``DiskFullError`` (not worth a fallback).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -312,6 +310,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
             )
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as exc:
+        full = as_disk_full_error(exc, dest.parent)
+        if full is not None:
+            raise full from None
         raise DataError(f"could not download {url}: {getattr(exc, 'reason', exc)}") from None
     finally:
         if os.path.exists(tmp):

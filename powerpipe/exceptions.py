@@ -47,3 +47,52 @@ class NoProductionModel(PipelineError):
 
 class ArtifactNotServed(PipelineError, LookupError):
     """The dashboard does not serve this artifact (unknown run, kind or path)."""
+
+
+class DiskFullError(PipelineError, OSError):
+    """A file system ran out of space (ENOSPC): names the mount point, the space free and, if known, needed.
+
+    Also an ``OSError`` (``errno`` ENOSPC), so code that handles failed writes handles it too.
+    """
+
+    def __init__(self, message: str):
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Terminated(KeyboardInterrupt):
+    """The runner got SIGTERM or SIGHUP (a scheduler or service manager stopping it): handled as Ctrl-C is.
+
+    A ``KeyboardInterrupt`` on purpose: every place that stops kernels and marks runs KILLED on
+    Ctrl-C does so for these signals too. ``signum`` says which signal; the exit code is 128 + it.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class RunLockedError(PipelineError):
+    """Another pipeline run holds the outputs folder (``powerpipe.runlock``): names it (id, host, pid, since).
+
+    ``holder`` is the lock file's content (a dict; empty if unreadable).
+    """
+
+    def __init__(self, message: str, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = dict(holder or {})
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

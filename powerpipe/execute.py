@@ -4,11 +4,16 @@ Importing this module imports papermill (about a second): the CLI imports it onl
 
 A failed execution still leaves its notebook on disk (with the failing cell marked at the top) and
 its HTML; the caller gets an ``Execution`` either way and decides what a failure means.
+
+Every file written here, papermill's saves of the executed notebook included, is written atomically
+(``fsutil``): a full disk or a killed runner never leaves a truncated notebook or HTML file. A full
+disk is not a notebook's failure: ``DiskFullError`` is raised to the caller.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -18,8 +23,11 @@ from typing import Any
 
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
+from papermill.iorw import LocalHandler, papermill_io
 from papermill.utils import remove_args
 
+from .exceptions import DiskFullError
+from .fsutil import atomic_write_text
 from .kernels import DETACH_RUN_CODE, KERNEL_NAME, RESET_CODE, Kernel, KernelError, preamble_code
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,26 @@ class WarmKernelEngine(NBClientEngine):
 papermill_engines.register(ENGINE_NAME, WarmKernelEngine)
 
 
+class AtomicLocalHandler(LocalHandler):
+    """papermill's local file handler, writing each save of a notebook atomically (temporary file, rename).
+
+    papermill rewrites the output notebook after every cell; its own handler truncates the file
+    first, so a full disk or a kill mid-save left an empty or cut notebook. No fsync: these saves are
+    frequent, and a rename is enough against crashes of this process and full disks.
+    """
+
+    def write(self, buf, path):
+        dirname = os.path.dirname(path)
+        if dirname and not os.path.exists(dirname):
+            raise FileNotFoundError(f"output folder {dirname} doesn't exist.")
+        atomic_write_text(path, buf, fsync=False)
+
+
+# Registered for absolute paths (execute() passes only those): papermill picks the first registered
+# prefix a path starts with, and would otherwise use its LocalHandler. Reads are LocalHandler's.
+papermill_io.register("/", AtomicLocalHandler())
+
+
 class _Deadline:
     """Interrupts a notebook that runs past its time, and kills its kernel if the interrupt is ignored."""
 
@@ -106,10 +134,9 @@ def execute(
     Never raises for an error inside the notebook, a timeout or a dead kernel: those come back as a
     failed ``Execution`` with the notebook written and the failing cell marked. With ``kernel``, the
     notebook runs on that (warm) kernel, which is reset afterwards; without, on a fresh kernel.
+    Raises ``DiskFullError`` when the notebook or its HTML cannot be written for want of space (the
+    last whole save of the notebook stays); a warm kernel is then not reusable and is left to the caller.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     notebook = Path(notebook).resolve()
     output_notebook = Path(output_notebook).resolve()
     output_notebook.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +149,37 @@ def execute(
         kernel.run(preamble_code(output_notebook.parent, env or {}))
     except KernelError as exc:
         error = f"KernelError: {exc}"
+    try:
+        error, kernel_reusable = _run_notebook(notebook, output_notebook, parameters, kernel, timeout, own_kernel,
+                                               error)
+    finally:
+        if own_kernel and kernel is not None:
+            try:
+                if kernel.alive():
+                    kernel.run(DETACH_RUN_CODE)
+            except KernelError:
+                pass
+            kernel.shutdown()
+    seconds = time.perf_counter() - started
+    html = render_html(output_notebook) if render and output_notebook.exists() else None
+    return Execution(
+        status="failed" if error else "ok",
+        output_notebook=output_notebook,
+        output_html=html,
+        seconds=seconds,
+        error=error,
+        scraps=read_scraps(output_notebook),
+        kernel_reusable=kernel_reusable and not own_kernel,
+    )
+
+
+def _run_notebook(notebook: Path, output_notebook: Path, parameters: dict[str, Any], kernel: Kernel | None,
+                  timeout: float | None, own_kernel: bool, error: str | None) -> tuple[str | None, bool]:
+    """Execute with papermill on ``kernel`` (unless ``error`` already); returns (error, kernel reusable)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    kernel_reusable = False
     if error is None:
         deadline = _Deadline(kernel, timeout)
         try:
@@ -134,6 +192,8 @@ def execute(
             # papermill has already written the notebook with an error banner pointing at the cell.
             first_line = (str(exc.evalue).strip().splitlines() or [""])[0]
             error = f"{exc.ename}: {first_line} (cell {exc.exec_count})"
+        except DiskFullError:
+            raise  # not the notebook's fault: the whole run has no room, the caller decides
         except Exception as exc:  # noqa: BLE001 - dead kernels and the like: recorded, not raised
             text = str(exc).strip()
             error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
@@ -152,24 +212,7 @@ def execute(
             except KernelError as exc:
                 log.warning("could not reset kernel after %s (%s); it will be replaced", output_notebook.name, exc)
                 kernel_reusable = False
-    if own_kernel and kernel is not None:
-        try:
-            if kernel.alive():
-                kernel.run(DETACH_RUN_CODE)
-        except KernelError:
-            pass
-        kernel.shutdown()
-    seconds = time.perf_counter() - started
-    html = render_html(output_notebook) if render and output_notebook.exists() else None
-    return Execution(
-        status="failed" if error else "ok",
-        output_notebook=output_notebook,
-        output_html=html,
-        seconds=seconds,
-        error=error,
-        scraps=read_scraps(output_notebook),
-        kernel_reusable=kernel_reusable and not own_kernel,
-    )
+    return error, kernel_reusable
 
 
 def mark_failure(path: Path, error: str) -> None:
@@ -191,7 +234,7 @@ def mark_failure(path: Path, error: str) -> None:
     )
     banner.metadata["tags"] = ["powerpipe-error"]
     nb.cells.insert(0, banner)
-    nbformat.write(nb, path)
+    atomic_write_text(path, nbformat.writes(nb), fsync=False)
 
 
 _exporters = threading.local()  # building an exporter compiles its templates: once per thread
@@ -219,7 +262,7 @@ def render_html(notebook: Path, html: Path | None = None, exclude_input: bool = 
 
     html = html or notebook.with_suffix(".html")
     body, _ = _exporter(exclude_input, template_file).from_notebook_node(nbformat.read(notebook, as_version=4))
-    html.write_text(body, encoding="utf-8")
+    atomic_write_text(html, body, fsync=False)
     return html
 
 

@@ -1,4 +1,8 @@
-"""What every model notebook does the same way: split, score and plot. Pure functions on frames."""
+"""What every model notebook does the same way: build, split, score and plot. Pure functions on frames.
+
+The holdout split and the backtest of the evaluation contract are in ``powerpipe.evaluation``; ``split``
+here is the tutorial's random split on the four weather columns, kept as it was.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,35 @@ SPLIT_SEED = 42
 
 
 def split(frame: pd.DataFrame, test_size: float = TEST_SIZE, random_state: int = SPLIT_SEED):
-    """The tutorial's split: ``X_train, X_test, y_train, y_test`` on the four weather features."""
+    """The tutorial's split: ``X_train, X_test, y_train, y_test`` on the four weather features.
+
+    The same rows as ``evaluation.holdout(frame, {"split": "random"})``, which gives X in the raw schema.
+    """
     from sklearn.model_selection import train_test_split
 
     return train_test_split(frame[FEATURES], frame[TARGETS], test_size=test_size, random_state=random_state)
+
+
+def make_model(regressor, feature_set: str):
+    """``Pipeline([("features", FeatureBuilder(feature_set)), ("model", regressor)])``: takes the raw schema."""
+    from sklearn.pipeline import Pipeline
+
+    from .features import FeatureBuilder, check_feature_set
+
+    return Pipeline([("features", FeatureBuilder(check_feature_set(feature_set))), ("model", regressor)])
+
+
+def gradient_boosting(**hyperparameters):
+    """scikit-learn's HistGradientBoostingRegressor, one per target (MultiOutputRegressor).
+
+    No early stopping by default: it would hold out a random 10 % of the training hours, so the
+    number of trees would depend on a shuffle; ``max_iter`` trees are fitted.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.multioutput import MultiOutputRegressor
+
+    hyperparameters.setdefault("early_stopping", False)
+    return MultiOutputRegressor(HistGradientBoostingRegressor(**hyperparameters))
 
 
 def evaluate(y_true: pd.DataFrame, y_pred) -> dict[str, float]:
@@ -74,4 +103,33 @@ def plot_actual_vs_predicted(y_test: pd.DataFrame, y_pred, X_test: pd.DataFrame,
         fig.colorbar(points, ax=ax, label=colour_by)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_skill(table: pd.DataFrame, x: str, title: str = "", ax=None):
+    """R² per target (and over both) against ``x`` (a fold number or a period): does skill hold over time?"""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
+    positions = table[x] if x in table else table.index
+    for key, label in (("r2", "both"), *((f"{t.removesuffix('_GW')}_r2", t) for t in TARGETS)):
+        if key in table:
+            ax.plot(positions, table[key], marker="o", label=label)
+    ax.set(xlabel=x, ylabel="R²", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax.figure
+
+
+def skill_figure(table: pd.DataFrame, title: str = ""):
+    """Interactive (plotly) R² per period and target, from ``evaluation.skill_by_period``: for the report."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for key, label in (("r2", "both targets"), *((f"{t.removesuffix('_GW')}_r2", t) for t in TARGETS)):
+        if key in table:
+            fig.add_trace(go.Scatter(x=table.index, y=table[key], mode="lines+markers", name=label))
+    fig.update_layout(title=title, yaxis_title="R²", template="plotly_white", height=380,
+                      margin={"l": 60, "r": 20, "t": 60, "b": 40})
     return fig

@@ -16,6 +16,7 @@ incomplete rows, MW -> GW (x 0.001), rename. Pure functions; nothing here knows 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import http.client
 import logging
@@ -37,6 +38,7 @@ import pandas as pd
 from . import paths
 from .data import COLUMNS, TIME_COLUMN, file_sha256
 from .exceptions import DataError
+from .fsutil import disk_full_guard, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,13 @@ BLOCK_SIZE = 1 << 16
 # HTTP answers worth asking again: the server is busy or a proxy hiccupped, the file is still there.
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 60.0
+# New data: a cached file without a configured SHA-256 is checked with its server (a conditional GET)
+# once it was last checked longer ago than this; a weekly run always checks, two runs an hour apart
+# do not. The server's ETag and Last-Modified, and when it was last checked, are kept on the cached
+# file itself (extended attributes: they move with it and add no file to the cache folder).
+MAX_AGE_ENV = "POWERPIPE_OPSD_MAX_AGE"
+DEFAULT_MAX_AGE_SECONDS = 3600.0
+_XATTR = "user.powerpipe."  # + etag, last_modified, checked_at
 
 
 # -- download ---------------------------------------------------------------------------------------
@@ -111,12 +120,19 @@ def fetch(
     mid-file is resumed with an HTTP Range request (or restarted when the server ignores ranges or the
     file changed), up to ``retries`` times with exponential backoff. The file gets its cache name only
     once complete and, when ``sha256`` is given, verified; on any failure nothing is left behind.
+    A full disk is not retried: ``DiskFullError`` names the mount point and the space free.
+
+    Without ``sha256``, a cached file last checked more than ``max_age()`` seconds ago is first
+    checked with the server (``revalidate``): replaced if the server's file changed, kept if not.
     """
     expected = sha256.lower() if sha256 else None
     target = cache_path(url, cache_dir)
     if target.is_file():
         if expected is None:
-            log.info("using cached %s (no SHA-256 configured)", target)
+            if needs_check(target):
+                return revalidate(url, cache_dir, progress=progress, timeout=timeout)
+            log.info("using cached %s (no SHA-256 configured; checked with its server %s)", target,
+                     _checked_text(target))
             return target
         actual = file_sha256(target)
         if actual == expected:
@@ -125,18 +141,21 @@ def fetch(
         log.warning("cached %s has SHA-256 %s, expected %s: downloading it again", target, actual, expected)
         target.unlink()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name: two processes fetching the same URL never write into one file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
+    with disk_full_guard(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A unique name: two processes fetching the same URL never write into one file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
     part = Path(tmp)
     try:
-        _download_with_retries(url, part, retries, progress, timeout, backoff)
+        with disk_full_guard(target.parent, writing=target):
+            transfer = _download_with_retries(url, part, retries, progress, timeout, backoff)
         actual = file_sha256(part)
         if expected and actual != expected:
             raise DataError(
                 f"download of {url} has SHA-256 {actual}, expected {expected}; not kept in the cache"
             )
+        _store_validators(part, transfer.etag, transfer.last_modified)
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
@@ -154,10 +173,12 @@ class _Transfer:
     part: Path
     timeout: float
     validator: str | None = None  # ETag or Last-Modified of the first answer, for If-Range on resume
+    etag: str | None = None  # the whole file's validators, kept on the cached file (revalidate)
+    last_modified: str | None = None
 
 
 def _download_with_retries(url: str, part: Path, retries: int, progress: bool, timeout: float,
-                           backoff: float) -> None:
+                           backoff: float) -> _Transfer:
     from tqdm import tqdm
 
     transfer = _Transfer(url, part, timeout)
@@ -167,7 +188,7 @@ def _download_with_retries(url: str, part: Path, retries: int, progress: bool, t
         for attempt in range(retries + 1):
             try:
                 _transfer_once(transfer, bar)
-                return
+                return transfer
             except _Interrupted as exc:
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} attempt(s): {exc}") from None
@@ -213,6 +234,7 @@ def _transfer_once(transfer: _Transfer, bar: Any) -> None:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             transfer.validator = _validator(response.headers)
+            transfer.etag, transfer.last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
         bar.reset(total=total)
         bar.update(have)
         with open(transfer.part, mode) as out:
@@ -222,6 +244,8 @@ def _transfer_once(transfer: _Transfer, bar: Any) -> None:
                     have += len(block)
                     bar.update(len(block))
             except (http.client.IncompleteRead, OSError) as exc:
+                if is_disk_full(exc):  # not the connection: retrying would fill the disk again
+                    raise
                 raise _Interrupted(f"connection lost after {have} bytes: {type(exc).__name__}") from None
     if total is not None and have != total:
         if have > total:
@@ -242,6 +266,133 @@ def _validator(headers: Any) -> str | None:
     if etag and not etag.startswith("W/"):  # If-Range takes strong validators only
         return etag
     return headers.get("Last-Modified")
+
+
+# -- new data: has the server's file changed since it was cached? -----------------------------------
+
+def max_age() -> float:
+    """Seconds after which a cached file is checked with its server again (``POWERPIPE_OPSD_MAX_AGE``)."""
+    value = os.environ.get(MAX_AGE_ENV, "").strip()
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_MAX_AGE_SECONDS
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds: using %g", MAX_AGE_ENV, value, DEFAULT_MAX_AGE_SECONDS)
+        return DEFAULT_MAX_AGE_SECONDS
+
+
+def validators(path: str | os.PathLike) -> dict[str, str]:
+    """What is kept on a cached file: ``etag``, ``last_modified`` (the server's), ``checked_at`` (epoch)."""
+    found = {}
+    for name in ("etag", "last_modified", "checked_at"):
+        try:
+            found[name] = os.getxattr(path, _XATTR + name).decode("utf-8")
+        except (OSError, AttributeError, UnicodeDecodeError):  # none kept, or no xattrs on this file system
+            pass
+    return found
+
+
+def _store_validators(path: Path, etag: str | None, last_modified: str | None) -> None:
+    """Keep the server's validators and the time of this check on the file (best effort)."""
+    values = {"etag": etag, "last_modified": last_modified, "checked_at": repr(time.time())}
+    for name, value in values.items():
+        try:
+            if value:
+                os.setxattr(path, _XATTR + name, value.encode("utf-8"))
+            else:
+                os.removexattr(path, _XATTR + name)
+        except (OSError, AttributeError) as exc:  # ENODATA on remove; ENOTSUP: checks fall back on mtime
+            if value:
+                log.debug("cannot keep %s on %s: %s", name, path, exc)
+
+
+def _last_checked(path: Path) -> float:
+    """When the cached file was last known to be the server's (its download time if nothing was kept)."""
+    try:
+        return float(validators(path)["checked_at"])
+    except (KeyError, ValueError):
+        return path.stat().st_mtime
+
+
+def needs_check(path: Path) -> bool:
+    return time.time() - _last_checked(path) >= max_age()
+
+
+def _checked_text(path: Path) -> str:
+    seconds = max(0.0, time.time() - _last_checked(path))
+    return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
+
+
+def revalidate(url: str, cache_dir: str | os.PathLike, progress: bool = False, timeout: float = 60.0) -> Path:
+    """The cached file of ``url``, first checked with the server by a conditional GET.
+
+    Sends the kept ``ETag`` (``If-None-Match``) and ``Last-Modified`` (``If-Modified-Since``; without
+    either, the cached file's time). "304 Not Modified" keeps the file. A whole answer replaces it,
+    atomically, when its content differs (so its SHA-256, and the process stage's cache key, change),
+    and keeps it when the content is the same (a server that ignores conditional requests). A server
+    that cannot be reached, or a transfer cut short, keeps the cached file with a warning: the next run
+    checks again. A file not cached yet is downloaded (``fetch``).
+    """
+    target = cache_path(url, cache_dir)
+    if not target.is_file():
+        return fetch(url, cache_dir, progress=progress, timeout=timeout)
+    kept = validators(target)
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if kept.get("etag"):
+        headers["If-None-Match"] = kept["etag"]
+    if kept.get("last_modified"):
+        headers["If-Modified-Since"] = kept["last_modified"]
+    elif not kept.get("etag"):
+        headers["If-Modified-Since"] = email.utils.formatdate(target.stat().st_mtime, usegmt=True)
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            _store_validators(target, exc.headers.get("ETag") or kept.get("etag"),
+                              exc.headers.get("Last-Modified") or kept.get("last_modified"))
+            log.info("%s has not changed on the server: using cached %s", url, target)
+            return target
+        log.warning("could not check %s for a newer file (HTTP %s %s): using cached %s", url, exc.code,
+                    exc.reason, target)
+        return target
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        log.warning("could not check %s for a newer file (%s): using cached %s", url,
+                    getattr(exc, "reason", exc), target)
+        return target
+
+    with disk_full_guard(target.parent):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    part = Path(tmp)
+    try:
+        with response, os.fdopen(fd, "wb") as out, disk_full_guard(target.parent, writing=target):
+            length = response.headers.get("Content-Length")
+            received = 0
+            try:
+                for block in iter(lambda: response.read(BLOCK_SIZE), b""):
+                    out.write(block)
+                    received += len(block)
+            except (http.client.IncompleteRead, OSError) as exc:
+                if is_disk_full(exc):
+                    raise
+                log.warning("checking %s for a newer file: connection lost after %d bytes; using cached %s",
+                            url, received, target)
+                return target
+            etag, last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+        if length and length.isdigit() and received != int(length):
+            log.warning("checking %s for a newer file: received %d of %s bytes; using cached %s", url, received,
+                        length, target)
+            return target
+        before, after = file_sha256(target), file_sha256(part)
+        if after == before:
+            _store_validators(target, etag, last_modified)
+            log.info("%s has not changed (same SHA-256): using cached %s", url, target)
+            return target
+        _store_validators(part, etag, last_modified)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+    log.warning("NEW DATA: %s changed on the server; cached %s replaced (SHA-256 %s -> %s, %d bytes)", url,
+                target, before[:12], after[:12], received)
+    return target
 
 
 # -- the raw layouts --------------------------------------------------------------------------------
@@ -358,7 +509,9 @@ def process_inputs_fingerprint(parameters: dict[str, Any]) -> dict[str, str] | N
 
     ``parameters`` are the notebook's (``time_series_url``, ``weather_url``, their ``*_sha256``,
     ``cache_dir``; defaults as in the notebook). A cached file that does not match its configured
-    hash counts as missing, since the notebook would download it again.
+    hash counts as missing, since the notebook would download it again. A cached file without a
+    configured hash is first checked with its server when due (``needs_check``): a changed file is
+    downloaded now, so the new data changes the fingerprint and the process stage runs.
     """
     cache_dir = parameters.get("cache_dir") or default_cache_dir()
     fingerprint = {}
@@ -366,6 +519,8 @@ def process_inputs_fingerprint(parameters: dict[str, Any]) -> dict[str, str] | N
         path = cache_path(url, cache_dir)
         if not path.is_file():
             return None
+        if not sha256 and needs_check(path):
+            revalidate(url, cache_dir)
         actual = file_sha256(path)
         if sha256 and actual != sha256.lower():
             return None

@@ -20,8 +20,9 @@ from typing import Callable
 from . import data as data_module
 from . import paths, tags
 from .config import PipelineConfig, load_config, validate_parameters
+from .exceptions import DiskFullError, StoreUnreachableError
 from .executors import make_executor, wait
-from .recorder import CACHED, DONE, FAILED, KILLED, OK, RunRecorder, StepResult, new_pipeline_run_id
+from .recorder import CACHED, DONE, FAILED, KILLED, OK, SETTLED, RunRecorder, StepResult, new_pipeline_run_id
 from .step_runner import StepRunner
 from .steps import Runtime, Step, build_steps
 
@@ -44,6 +45,8 @@ class RunOptions:
     progress: bool = True
     executor: str = "local"  # "local": a pool of warm kernels here; "dask": tasks on a Dask cluster
     scheduler: str | None = None  # Dask scheduler address; None with "dask": a LocalCluster of `jobs` workers
+    if_running: str = "fail"  # another run holds the outputs folder: "fail" at once, or "wait" for it
+    search_storage: str | None = None  # database of the searches' studies (default: beside a SQLite store)
 
 
 def load_and_check(config_path: Path) -> PipelineConfig:
@@ -62,13 +65,16 @@ class Pipeline:
     """One execution of a pipeline config: its steps, stage by stage."""
 
     def __init__(self, config: PipelineConfig, steps: list[Step], source: data_module.DataSource,
-                 recorder: RunRecorder, runner: StepRunner, force_promote: bool = False):
+                 recorder: RunRecorder, runner: StepRunner, force_promote: bool = False,
+                 options: RunOptions | None = None):
         self.config, self.steps, self.source = config, steps, source
         self.recorder, self.runner, self.force_promote = recorder, runner, force_promote
+        self.options = options or RunOptions(config=config.path)  # jobs, --force, storage: what a search needs
         self.runtime = dataclasses.replace(Runtime.planned(config), parent_run_id=recorder.parent_run_id,
                                            data_path=str(source.path), synthetic_data=source.synthetic)
         self.data_sha256 = source.sha256
         self.promotion, self.report = None, None
+        self.on_change: Callable[[Pipeline], None] = lambda pipeline: None  # state to keep (stage-wise runs)
 
     run_id = property(lambda self: self.recorder.run_id)
     run_dir = property(lambda self: self.recorder.run_dir)
@@ -78,7 +84,7 @@ class Pipeline:
         return [step for step in self.steps if step.stage == stage]
 
     def run(self) -> dict:
-        status = KILLED
+        status, fatal = KILLED, None
         try:
             processed = self.run_process()
             training = self.run_training() if processed else self.skip("train", "process stage failed")
@@ -91,16 +97,33 @@ class Pipeline:
                 self.skip("report", "no training run succeeded")
                 if self.config.promote is not None:
                     log.warning("no training run succeeded: nothing promoted, report skipped")
-            status = OK if all(r.status in DONE for r in self.recorder.results) else FAILED
+            status = self.outcome()
+        except (DiskFullError, StoreUnreachableError) as exc:  # nothing more can succeed: stop, say why once
+            status, fatal = FAILED, exc
+            raise
         finally:
-            self.runner.close(kill=status == KILLED)  # Ctrl-C or a crash: kernels killed at once
-            # Interrupted, or an attempt whose (Dask) worker died: its run must not stay RUNNING.
+            summary = self.close(status, fatal)
+        return summary
+
+    def outcome(self) -> str:
+        return OK if all(r.status in SETTLED for r in self.recorder.results) else FAILED
+
+    def close(self, status: str, fatal: BaseException | None = None) -> dict:
+        """Stop the executor, leave no child run RUNNING, write summary.json, end the parent run.
+
+        ``fatal``: what stopped the run (a full disk, an unreachable store): summary.json says so, and
+        a store that does not answer is not asked again (each call would wait out its budget); the
+        next run marks what this one left RUNNING as KILLED and reuses what FINISHED.
+        """
+        store_ok = not isinstance(fatal, StoreUnreachableError)
+        self.runner.close(kill=status == KILLED or fatal is not None)  # Ctrl-C or a crash: kernels killed at once
+        if store_ok:  # interrupted, or a (Dask) attempt whose worker died: its run must not stay RUNNING
             self.recorder.end_running_children(
-                "interrupted" if status == KILLED else "left open when the pipeline ended (its worker died "
-                "before the notebook finished; the grid point ran again or failed)")
-            summary = self.recorder.summary(status, [step.label for step in self.steps], self.data_summary(),
-                                            self.promotion, self.report)
-            self.recorder.finish(summary)
+                "interrupted" if status == KILLED else str(fatal) if fatal else "left open when the pipeline "
+                "ended (its worker died before the notebook finished; the grid point ran again or failed)")
+        summary = self.recorder.summary(status, [step.label for step in self.steps], self.data_summary(),
+                                        self.promotion, self.report, error=str(fatal) if fatal else None)
+        self.recorder.finish(summary, store=store_ok)
         return summary
 
     # -- stages ---------------------------------------------------------------------------------------
@@ -116,10 +139,21 @@ class Pipeline:
         self.runtime = dataclasses.replace(self.runtime, data_path=str(processed))
         self.data_sha256 = data_module.file_sha256(processed)
         self.recorder.tag_run(self.recorder.parent_run_id, {tags.PROCESSED_DATA_SHA256: self.data_sha256})
+        self.on_change(self)
         return True
 
-    def run_training(self) -> list[StepResult]:
-        return self.in_parallel([lambda step=step: self.run_step(step) for step in self.of_stage("train")])
+    def run_training(self, labels: list[str] | None = None) -> list[StepResult]:
+        """Every training grid point at once, each search beside them, trials sharing the executor (or
+        those named by ``labels``). A search's results are its trials'."""
+        steps = [step for step in self.of_stage("train") if labels is None or step.label in labels]
+        results = self.in_parallel([lambda step=step: self.run_search(step) if step.is_search else [self.run_step(step)]
+                                    for step in steps])
+        return [result for each in results for result in each]
+
+    def run_search(self, step: Step) -> list[StepResult]:
+        from .search import SearchRunner
+
+        return SearchRunner(self, step).run()
 
     def run_step(self, step: Step, **options) -> StepResult:
         return self.runner.run(step, self.runtime, self.data_sha256, (Path(self.runtime.data_path), self.data_sha256),
@@ -130,11 +164,21 @@ class Pipeline:
             self.run_step(step)
 
     def promote_and_report(self, trained: list[StepResult]) -> None:
-        from .stages import run_promote, run_report
+        self.run_promote(trained)
+        self.run_report()
+
+    def run_promote(self, trained: list[StepResult]) -> None:
+        from .stages import run_promote
 
         self.promotion = run_promote(self, trained)
+        self.on_change(self)
+
+    def run_report(self) -> None:
+        from .stages import run_report
+
         for step in self.of_stage("report"):
             self.report = run_report(self, step)
+        self.on_change(self)
 
     def skip(self, stage: str, reason: str) -> list[StepResult]:
         return [self.recorder.skip(step, reason) for step in self.of_stage(stage)]
@@ -167,6 +211,9 @@ def run_pipeline(options: RunOptions, on_step: Callable[[StepResult], None] | No
     from .stages import prepare
 
     pipeline = prepare(options, on_step)
-    if on_start:
-        on_start(pipeline, len(pipeline.steps))
-    return pipeline.run()
+    try:
+        if on_start:
+            on_start(pipeline, sum(step.executions for step in pipeline.steps))
+        return pipeline.run()
+    finally:
+        pipeline.lock.release(pipeline.run_id)

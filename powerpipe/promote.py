@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # What an absent model or alias is called by MLflow's stores (SQL: the first two; REST: the same codes).
 NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+MAX_ATTEMPTS = 3  # comparisons with an alias holder that another pipeline keeps moving
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def evaluate_version(client, name: str, version: str, data_path: Path, metric: s
 
 
 def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run_id: str,
-            data_path: Path, force: bool = False, evaluation: dict | None = None) -> Promotion | None:
+            data_path: Path, force: bool = False, evaluation: dict | None = None,
+            _attempt: int = 1) -> Promotion | None:
     """Give ``spec.alias`` to the best candidate if it beats the current holder on the same test data.
 
     None when nothing moved: no run succeeded, the best run already holds the alias, or it does not
@@ -141,6 +143,15 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
                         "data): production model kept (--force-promote overrides)", best.run_id, spec.metric,
                         value, spec.alias, current.version, previous_value)
             return None
+    # Check-and-set: another pipeline on the same store may have moved the alias while this one
+    # evaluated; then compare again with the new holder rather than move the alias past it.
+    moved = alias_holder(client, spec)
+    if (moved.version if moved else None) != (current.version if current else None):
+        if _attempt >= MAX_ATTEMPTS:
+            log.warning("@%s kept moving while this pipeline compared: nothing promoted", spec.alias)
+            return None
+        log.info("@%s moved to version %s meanwhile: comparing with it", spec.alias, moved.version if moved else "-")
+        return promote(client, candidates, spec, pipeline_run_id, data_path, force, evaluation, _attempt + 1)
     version = _register(client, best.run_id, spec.model_name)
     client.set_registered_model_alias(spec.model_name, spec.alias, version)
     version_tags = {

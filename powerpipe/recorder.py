@@ -23,7 +23,11 @@ from .fsutil import atomic_write_text
 log = logging.getLogger(__name__)
 
 OK, FAILED, SKIPPED, CACHED, KILLED = "ok", "failed", "skipped", "cached", "killed"
+PRUNED = "pruned"  # a search's trial that its pruner stopped early: neither trained nor failed
+# Step results are small and rewritten from the MLflow store if lost: no fsync per step.
+_NO_FSYNC = {"fsync": False}
 DONE = (OK, CACHED)
+SETTLED = (*DONE, PRUNED)  # nothing went wrong
 RUN_STATUS = {OK: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
 
 
@@ -43,9 +47,11 @@ class StepResult:
     # Not in summary.json: the name of the execution, and the earlier run a cached result reuses.
     label: str = field(default="", repr=False, compare=False)
     cached_run: Any = field(default=None, repr=False, compare=False)
+    trial: dict | None = None  # a search's trial: {"study": name, "number": n} (in summary.json only then)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("label", "cached_run")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("label", "cached_run")
+                and (f.name != "trial" or self.trial is not None)}
 
 
 def new_pipeline_run_id() -> str:
@@ -71,21 +77,38 @@ def display_path(path: Path) -> str:
     return str(path.relative_to(paths.PROJECT_ROOT)) if path.is_relative_to(paths.PROJECT_ROOT) else str(path)
 
 
+STATE_DIR = ".state"  # in the run folder: what a later process needs to go on with this pipeline run
+RESULTS_DIR = "results"
+SEARCHES_DIR = "searches"
+
+
 class RunRecorder:
-    """The parent MLflow run of one pipeline execution, its children's tags, its results and summary."""
+    """The parent MLflow run of one pipeline execution, its children's tags, its results and summary.
+
+    Each result is also kept as a file in the run folder's ``.state/results/``, so that a pipeline run
+    driven stage by stage from separate processes (a scheduler's tasks) ends with one summary.
+    """
 
     def __init__(self, client, experiment_id: str, run_id: str, run_dir: Path, source,
-                 config_path: Path, on_step: Callable[[StepResult], None] | None = None):
-        from . import tracking
-
+                 parent_run_id: str, started: datetime, on_step: Callable[[StepResult], None] | None = None):
         self.client, self.experiment_id, self.run_id, self.run_dir = client, experiment_id, run_id, run_dir
-        self.source = source
+        self.source, self.parent_run_id, self.started = source, parent_run_id, started
         self.on_step = on_step or (lambda result: None)
         self.commit = git_commit()
-        self.started = datetime.now(timezone.utc)
-        self.results: list[StepResult] = []
         self._lock = threading.Lock()
-        self.parent_run_id = client.create_run(experiment_id, run_name=f"pipeline {run_id}", tags={
+        self.results: list[StepResult] = [StepResult(**json.loads(path.read_text(encoding="utf-8")))
+                                          for path in sorted(self.results_dir.glob("*.json"))]
+        self.searches: dict[str, dict] = {path.stem: json.loads(path.read_text(encoding="utf-8"))
+                                          for path in sorted((self.run_dir / STATE_DIR / SEARCHES_DIR).glob("*.json"))}
+
+    @classmethod
+    def create(cls, client, experiment_id: str, run_id: str, run_dir: Path, source, config_path: Path,
+               on_step=None, runner_owned: bool = True) -> "RunRecorder":
+        """A new parent run. ``runner_owned``: tagged with this process, so that a later runner marks it
+        KILLED if this one dies; a scheduled pipeline run outlives the process that started it."""
+        from . import tracking
+
+        parent = client.create_run(experiment_id, run_name=f"pipeline {run_id}", tags={
             tags.KIND: tags.KIND_PIPELINE,
             tags.PIPELINE_RUN_ID: run_id,
             tags.CONFIG: str(config_path),
@@ -93,9 +116,15 @@ class RunRecorder:
             tags.DATA_SHA256: source.sha256,
             tags.SYNTHETIC_DATA: tags.flag(source.synthetic),
             tags.OUTPUTS: str(run_dir),
-            tags.MLFLOW_GIT_COMMIT: self.commit,
-            **tracking.runner_tags(),
-        }).info.run_id
+            tags.MLFLOW_GIT_COMMIT: git_commit(),
+            **(tracking.runner_tags() if runner_owned else {}),
+        })
+        return cls(client, experiment_id, run_id, run_dir, source, parent.info.run_id,
+                   datetime.now(timezone.utc), on_step)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.run_dir / STATE_DIR / RESULTS_DIR
 
     def child_tags(self, step, notebook_sha256: str, data_path: Path, data_sha256: str, output: Path) -> dict:
         """The tags of a notebook execution's run (the runner adds its own host and pid)."""
@@ -113,19 +142,39 @@ class RunRecorder:
             tags.OUTPUT_NOTEBOOK: str(output),
             tags.MLFLOW_GIT_COMMIT: self.commit,
             tags.MLFLOW_SOURCE_NAME: display_path(step.notebook),
+            **step.extra_tags,
         }
 
     # -- results ------------------------------------------------------------------------------------
     def record(self, result: StepResult) -> StepResult:
+        """Add (or, for a step run again, replace) a step's result."""
         with self._lock:
-            self.results.append(result)
+            self.results = [r for r in self.results if r.label != result.label] + [result]
+        self._keep(result)
         self.on_step(result)
         return result
+
+    def update(self, result: StepResult) -> None:
+        """A recorded result changed after the fact (a process step whose file is missing: failed)."""
+        self._keep(result)
 
     def forget(self, result: StepResult) -> None:
         """A cached result that turned out unusable (its output is gone): the step runs after all."""
         with self._lock:
             self.results.remove(result)
+        (self.results_dir / f"{result.label}.json").unlink(missing_ok=True)
+
+    def _keep(self, result: StepResult) -> None:
+        if result.label:
+            text = json.dumps({**result.as_dict(), "label": result.label}, indent=1, default=str)
+            atomic_write_text(self.results_dir / f"{result.label}.json", text, **_NO_FSYNC)
+
+    def add_search(self, search: dict) -> None:
+        """A search's entry in summary.json (``searches``), kept as results are."""
+        with self._lock:
+            self.searches[search["label"]] = search
+        atomic_write_text(self.run_dir / STATE_DIR / SEARCHES_DIR / f"{search['label']}.json",
+                          json.dumps(search, indent=1, default=str), **_NO_FSYNC)
 
     def skip(self, step, reason: str) -> StepResult:
         return self.record(StepResult(step.stage, step.notebook.name, step.shown, SKIPPED, error=reason,
@@ -145,10 +194,15 @@ class RunRecorder:
             self.client.set_tag(run.info.run_id, tags.ERROR, reason)
             self.client.set_terminated(run.info.run_id, "KILLED")
 
-    def summary(self, status: str, order: list[str], data: dict, promotion, report: str | None) -> dict:
-        """summary.json's content; results in pipeline order (``order``: step labels), not completion order."""
+    def summary(self, status: str, order: list[str], data: dict, promotion, report: str | None,
+                error: str | None = None) -> dict:
+        """summary.json's content; results in pipeline order (``order``: step labels; a search's trials
+        where the search is, by number), not completion order."""
+        from .search import trial_position
+
         rank = {label: i for i, label in enumerate(order)}
-        results = sorted(self.results, key=lambda r: rank.get(r.label, len(rank)))
+        results = sorted(self.results, key=lambda r: trial_position(r.label, rank))
+        searches = sorted(self.searches.values(), key=lambda s: rank.get(s["label"], len(rank)))
         return {
             "pipeline_run_id": self.run_id,
             "mlflow_parent_run_id": self.parent_run_id,
@@ -159,12 +213,20 @@ class RunRecorder:
             "grid_points": [r.as_dict() for r in results],
             "promoted": promotion.as_dict() if promotion else None,
             "report": report,
+            "error": error,  # what stopped the whole run (a full disk, an unreachable store), if anything
+            **({"searches": searches} if searches else {}),
         }
 
-    def finish(self, summary: dict) -> Path:
-        """Write summary.json (whole or not at all), attach it, end the parent run with the pipeline's status."""
+    def finish(self, summary: dict, store: bool = True) -> Path:
+        """Write summary.json (whole or not at all), then, if the ``store`` answers, attach it and end the
+        parent run with the pipeline's status."""
+        from .fsutil import disk_full_guard
+
         path = self.run_dir / tags.SUMMARY_ARTIFACT
-        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+        with disk_full_guard(self.run_dir, writing=path):
+            atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+        if not store:
+            return path
         self.client.log_artifact(self.parent_run_id, str(path))
         self.client.set_terminated(self.parent_run_id, RUN_STATUS.get(summary["status"], "KILLED"))
         return path

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from . import cache, paths, tags, tracking
 from . import data as data_module
-from .exceptions import ConfigError, StoreUnreachableError
+from .exceptions import ConfigError
 from .executors import make_executor
 from .parameterize import notebook_hash
+from .runlock import RunLock
 from .recorder import DONE, FAILED, OK, RunRecorder, StepResult, new_pipeline_run_id
 from .step_runner import StepRunner
 from .steps import Step, build_steps
@@ -21,8 +22,12 @@ from .steps import Step, build_steps
 log = logging.getLogger(__name__)
 
 
-def prepare(options, on_step=None):
-    """Every check that can fail before anything is logged, then the run folder, parent run and executor."""
+def prepare(options, on_step=None, scheduled: bool = False):
+    """Every check that can fail before anything is logged, then the run folder, parent run and executor.
+
+    ``scheduled``: a pipeline run driven stage by stage (``stagewise``): no executor yet (each stage
+    starts its own), and a parent run that outlives this process.
+    """
     import mlflow
 
     from .pipeline import Pipeline, load_and_check
@@ -43,30 +48,48 @@ def prepare(options, on_step=None):
     tracking.check_reachable(uri)
     steps = build_steps(config)
     run_id = new_pipeline_run_id()
+    lock = RunLock(options.outputs)  # one pipeline run at a time per outputs folder
+    lock.acquire(run_id, wait=options.if_running == "wait", scheduled=scheduled)
     run_dir = Path(options.outputs).resolve() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    notebooks = [spec.notebook for spec in config.notebook_specs()]
-    try:  # a cluster that cannot see the run folder fails here, before any run is logged
-        executor = make_executor(options.executor, jobs=options.jobs, notebooks=notebooks, tracking_uri=uri,
-                                 reuse_kernels=options.reuse_kernels, scheduler=options.scheduler,
-                                 shared_paths=[run_dir, source.path, *notebooks])
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
     try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except BaseException:
+        lock.release(run_id)
+        raise
+    notebooks = [spec.notebook for spec in config.notebook_specs()]
+    executor = None
+    try:
+        if not scheduled:  # a cluster that cannot see the run folder fails here, before any run is logged
+            executor = executor_for(options, notebooks, uri, run_dir, source)
         tracking.enable_sqlite_wal(uri)
         client = mlflow.MlflowClient(uri)
         experiment_id = tracking.ensure_experiment(client, config.experiment, uri)
         tracking.mark_abandoned_runs(client, experiment_id)
-        cached_runs = {} if options.force else cache.finished_runs_by_key(client, experiment_id)
-        recorder = RunRecorder(client, experiment_id, run_id, run_dir, source, config.path, on_step)
+        cached_runs = {} if options.force or scheduled else cache.finished_runs_by_key(client, experiment_id)
+        recorder = RunRecorder.create(client, experiment_id, run_id, run_dir, source, config.path, on_step,
+                                      runner_owned=not scheduled)
     except BaseException:
-        executor.kill()
+        if executor is not None:
+            executor.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing logged yet: leave no empty run folder
+        lock.release(run_id)
         raise
     runner = StepRunner(recorder, executor, uri, config.experiment, options.timeout or config.timeout,
-                        {nb: (notebook_hash(nb), cache.notebook_code_sha256(nb)) for nb in notebooks},
-                        cached_runs)
-    return Pipeline(config, steps, source, recorder, runner, force_promote=options.force_promote)
+                        notebook_hashes(notebooks), cached_runs)
+    pipeline = Pipeline(config, steps, source, recorder, runner, force_promote=options.force_promote, options=options)
+    pipeline.lock = lock
+    return pipeline
+
+
+def executor_for(options, notebooks: list[Path], uri: str, run_dir: Path, source, jobs: int | None = None):
+    return make_executor(options.executor, jobs=jobs or options.jobs, notebooks=notebooks, tracking_uri=uri,
+                         reuse_kernels=options.reuse_kernels, scheduler=options.scheduler,
+                         shared_paths=[run_dir, source.path, *notebooks])
+
+
+def notebook_hashes(notebooks: list[Path]) -> dict[Path, tuple[str, str]]:
+    """Per notebook: its own SHA-256 and that of the package code it runs (taken once, up front)."""
+    return {nb: (notebook_hash(nb), cache.notebook_code_sha256(nb)) for nb in notebooks}
 
 
 def run_process(pipeline, step: Step) -> Path | None:
@@ -88,6 +111,7 @@ def run_process(pipeline, step: Step) -> Path | None:
         return None
     if not processed.is_file():
         result.status, result.error = FAILED, f"the process notebook wrote no file at {processed}"
+        recorder.update(result)
         log.error("%s", result.error)
         return None
     if result.status == OK:
@@ -122,13 +146,7 @@ def run_report(pipeline, step: Step) -> str | None:
 
     recorder, spec = pipeline.recorder, pipeline.config.promote
     alias_uri = f"models:/{spec.model_name}@{spec.alias}"
-    try:
-        holder = alias_holder(recorder.client, spec)
-    except StoreUnreachableError as exc:
-        log.error("report not run: %s", exc)
-        recorder.record(StepResult(step.stage, step.notebook.name, step.shown, FAILED, error=str(exc),
-                                   label=step.label))
-        return None
+    holder = alias_holder(recorder.client, spec)  # an unreachable store stops the run (never "no model")
     if holder is None:
         log.warning("report skipped: no model holds %s", alias_uri)
         recorder.skip(step, f"no model holds {alias_uri}")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from . import cache, tags
 from . import data as data_module
-from .recorder import CACHED, FAILED, OK, RunRecorder, StepResult
+from .fsutil import atomic_path
+from .recorder import CACHED, FAILED, OK, PRUNED, RunRecorder, StepResult
 from .steps import Runtime, Step
 from .tasks import NotebookTask, run_metrics
 
@@ -29,9 +30,11 @@ class StepRunner:
         self.notebook_hashes, self.cached_runs = notebook_hashes, cached_runs
         self._closed = False
 
+    closed = property(lambda self: self._closed)
+
     def close(self, kill: bool = False) -> None:
         """Stop the executor once: ``kill`` at once (Ctrl-C), else after queued work."""
-        if not self._closed:
+        if not self._closed and self.executor is not None:
             self._closed = True
             self.executor.kill() if kill else self.executor.close()
 
@@ -46,7 +49,7 @@ class StepRunner:
         notebook_sha = self.notebook_hashes[step.notebook][0]
         cached = self.cached_runs.get(key) if key else None
         if cached is not None:
-            return self.recorder.record(self._cached_result(step, cached))
+            return self.recorder.record(self.cached_result(step, cached))
         output = self.recorder.run_dir / step.folder / f"{step.label}.ipynb"
         task = NotebookTask(
             notebook=str(step.notebook), stage=step.stage, label=step.label, output_notebook=str(output),
@@ -54,12 +57,13 @@ class StepRunner:
             tags=self.recorder.child_tags(step, notebook_sha, *data, output),
             tracking_uri=self.tracking_uri, experiment_id=self.recorder.experiment_id,
             experiment_name=self.experiment_name, cache_key=key, timeout=self.timeout, render=render,
-            report_html=str(report_html) if report_html else None)
+            report_html=str(report_html) if report_html else None, env=dict(step.env))
         outcome = self.executor.run(task)
-        if not outcome.ok:
+        status = OK if outcome.ok else PRUNED if outcome.pruned else FAILED
+        if status == FAILED:
             log.error("%s failed: %s\n  executed notebook: %s", step.label, outcome.error, outcome.output_notebook)
         return self.recorder.record(StepResult(
-            stage=step.stage, notebook=step.notebook.name, parameters=step.shown, status=OK if outcome.ok else FAILED,
+            stage=step.stage, notebook=step.notebook.name, parameters=step.shown, status=status,
             metrics=outcome.metrics, mlflow_run_id=outcome.run_id or None,
             output_notebook=self.recorder.relative(outcome.output_notebook), seconds=outcome.seconds,
             error=outcome.error, label=step.label))
@@ -68,7 +72,8 @@ class StepRunner:
         notebook_sha, code_sha = self.notebook_hashes[step.notebook]
         return cache.cache_key(notebook_sha, step.cache_parameters(runtime), inputs_sha256, code_sha)
 
-    def _cached_result(self, step: Step, run) -> StepResult:
+    def cached_result(self, step: Step, run) -> StepResult:
+        """The result of ``step`` that reuses the FINISHED ``run``."""
         earlier = run.data.tags.get(tags.OUTPUT_NOTEBOOK)
         return StepResult(
             stage=step.stage, notebook=step.notebook.name, parameters=step.shown, status=CACHED,
@@ -87,8 +92,8 @@ class StepRunner:
         earlier = Path(run_tags.get(output_tag, ""))
         intact = earlier.is_file() and (sha256_tag is None or data_module.file_sha256(earlier) == run_tags.get(sha256_tag))
         if intact:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(earlier, target)
+            with atomic_path(target) as temporary:
+                shutil.copyfile(earlier, temporary)
             return result
         log.info("%s: the output of cached run %s is gone; running it again", step.label, result.cached_run.info.run_id)
         self.recorder.forget(result)

@@ -1,7 +1,9 @@
 """The pipeline rendered once: every notebook execution, in order, built from the config.
 
 ``build_steps`` turns a ``PipelineConfig`` into ``Step``s (the process notebook, one step per
-training grid point, compare, report). ``--dry-run`` prints them with placeholder runtime values;
+training grid point, one per search, compare, report). A search's step stands for all its trials
+until it runs (``--dry-run`` shows it as one line); ``powerpipe.search`` runs each trial as a copy
+of it with the trial's label, parameters, tags and environment. ``--dry-run`` prints them with placeholder runtime values;
 a run executes the very same steps with the values it learns as it goes (``Runtime``). The runner's
 own parameter names are declared once, in ``config.RUNTIME_PARAMETERS``; ``Runtime`` has a field of
 each name.
@@ -9,12 +11,12 @@ each name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import paths
-from .config import KEYED_RUNTIME_PARAMETERS, RUNTIME_PARAMETERS, NotebookSpec, PipelineConfig
+from .config import KEYED_RUNTIME_PARAMETERS, RUNTIME_PARAMETERS, SEARCH_SUFFIX, NotebookSpec, PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,22 @@ class Step:
     shown: dict[str, Any]  # the config's parameters: summary.json and MLflow params show these
     folder: str  # relative to the run folder
     runtime_names: tuple[str, ...]  # the runner's own parameters for this notebook
+    extra_tags: dict[str, str] = field(default_factory=dict)  # on its MLflow run besides the usual (a trial's)
+    env: dict[str, str] = field(default_factory=dict)  # in its kernel's environment besides its run (a trial's)
 
     @property
     def stage(self) -> str:
         return self.spec.stage
+
+    @property
+    def is_search(self) -> bool:
+        """A search: it stands for its trials, which the pipeline runs in its place."""
+        return self.spec.search is not None and self.label.endswith(SEARCH_SUFFIX)
+
+    @property
+    def executions(self) -> int:
+        """How many notebook executions it stands for (a search: at most its number of trials)."""
+        return self.spec.search.n_trials if self.is_search else 1
 
     @property
     def notebook(self) -> Path:
@@ -79,6 +93,12 @@ def build_steps(config: PipelineConfig) -> list[Step]:
             return []
         return [Step(spec, spec.name, dict(spec.parameters), spec.stage, config.runtime_parameters(spec.stage))]
 
-    training = [Step(point.spec, point.label, dict(point.parameters), f"train/{point.spec.name}",
-                     config.runtime_parameters("train")) for point in config.training_points()]
-    return [*single(config.process), *training, *single(config.compare), *single(config.report)]
+    def training(spec: NotebookSpec) -> list[Step]:
+        names = config.runtime_parameters("train")
+        if spec.search is not None:
+            return [Step(spec, spec.search_label, {"search": spec.search.describe()}, f"train/{spec.name}", names)]
+        return [Step(point.spec, point.label, dict(point.parameters), f"train/{point.spec.name}", names)
+                for point in spec.grid_points()]
+
+    return [*single(config.process), *(step for spec in config.train for step in training(spec)),
+            *single(config.compare), *single(config.report)]

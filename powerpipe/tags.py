@@ -88,3 +88,15 @@ def flag(value: bool) -> str:
 def equals(tag: str, value: str) -> str:
     """An MLflow search filter clause: ``tag`` equals ``value``."""
     return f"tags.`{tag}` = '{value}'"
+
+# -- how a training run was scored (powerpipe.evaluation, powerpipe.features) -------------------------
+EVALUATION = "powerpipe.evaluation"  # the evaluation contract, JSON of Evaluation.as_dict()
+FEATURE_SET = "powerpipe.feature_set"  # "tutorial" or "weather_calendar"
+
+# -- a search's trials (powerpipe.search): on each trial's notebook run ------------------------------
+SEARCH_STUDY = "powerpipe.search.study"  # the Optuna study's name
+SEARCH_TRIAL = "powerpipe.search.trial"  # the trial's number in its study
+SEARCH_SAMPLER = "powerpipe.search.sampler"  # "tpe", "random" or "grid"
+SEARCH_SPACE = "powerpipe.search.space"  # JSON: parameter -> its Optuna distribution (as JSON)
+SEARCH_OBJECTIVE = "powerpipe.search.objective"  # "<goal> <metric>", e.g. "minimize rmse"
+SEARCH_PRUNED = "powerpipe.search.pruned"  # "true" on a trial the pruner stopped

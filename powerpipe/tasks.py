@@ -38,6 +38,7 @@ class NotebookTask:
     render: bool = True
     report_html: str | None = None  # also render the executed notebook as a report here: no code, offline
     run_id: str | None = None  # record into this existing run (an MLflow Project's) instead of a new one
+    env: dict[str, str] = field(default_factory=dict)  # the kernel's environment besides its run (a search's trial)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TaskOutcome:
     seconds: float = 0.0
     error: str | None = None
     output_notebook: str = ""
+    pruned: bool = False  # a search's trial stopped by its pruner (``trials.report``): not a failure
 
 
 def store_client(uri: str):
@@ -84,12 +86,34 @@ def _render_report(notebook: Path, html: Path) -> None:
     render_html(notebook, html, exclude_input=True, template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
 
 
+def fatal_error(exc: BaseException, task: NotebookTask):
+    """The pipeline-stopping form of ``exc`` (a full disk, a store that stopped answering), or None
+    when only this notebook failed."""
+    from . import fsutil, tracking
+
+    full = fsutil.as_disk_full_error(exc, Path(task.output_notebook).parent)
+    if full is not None:
+        return full
+    return tracking.unreachable_error(task.tracking_uri, exc) if tracking.is_unreachable(exc) else None
+
+
 def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     """Create the task's MLflow run, execute the notebook under it, attach it, close the run.
 
-    Returns the outcome and whether ``kernel`` may be reused.
+    Returns the outcome and whether ``kernel`` may be reused. A full disk or an unreachable store
+    is raised (``DiskFullError``, ``StoreUnreachableError``): no other notebook can succeed either.
     """
-    from . import tracking
+    try:
+        return _run_task(task, kernel)
+    except Exception as exc:  # noqa: BLE001 - boundary: sorted into "stop the pipeline" or re-raised as is
+        fatal = fatal_error(exc, task)
+        if fatal is None:
+            raise
+        raise fatal from None
+
+
+def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
+    from . import tracking, trials
     from .execute import execute
 
     started = time.perf_counter()
@@ -114,6 +138,9 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
             tracking.RUN_ID_ENV: run_id,
             tracking.TRACKING_URI_ENV: task.tracking_uri,
             tracking.EXPERIMENT_ENV: task.experiment_name,
+            # A warm kernel keeps its environment: a notebook that is no trial must not see the last trial's.
+            **{name: "" for name in trials.ENV_NAMES},
+            **task.env,
         }
         execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
                             render=task.render, kernel=kernel)
@@ -121,20 +148,52 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
             if path is not None and path.exists():
                 client.log_artifact(run_id, str(path), artifact_path=tags.NOTEBOOK_ARTIFACT_DIR)
         ok, error, reusable = execution.ok, execution.error, execution.kernel_reusable
+        pruned = bool(execution.scraps.get(trials.PRUNED_SCRAP))
+        if pruned and not ok:  # stopped on purpose by TrialPruned: the kernel is sound, reset it for the next
+            reusable = _reset(kernel)
         if ok and task.report_html:
             _render_report(execution.output_notebook, Path(task.report_html))
             client.log_artifact(run_id, task.report_html, artifact_path=tags.REPORT_ARTIFACT_DIR)
             client.set_tag(run_id, tags.REPORT_PATH, task.report_html)
         metrics = {k: float(v) for k, v in (execution.scraps.get(tracking.METRICS_SCRAP) or {}).items()}
     except Exception as exc:  # noqa: BLE001 - boundary: the store or the kernel failed us: this grid point fails, not the pipeline
+        fatal = fatal_error(exc, task)
+        if fatal is not None:  # nothing else can succeed: say so once, mark this run if the store still answers
+            _fail_quietly(client, run_id, str(fatal))
+            raise fatal from None
         log.exception("%s: could not run or record the notebook", task.label)
-        ok, error, reusable, metrics = False, f"{type(exc).__name__}: {exc}", False, {}
-    if not ok:
+        ok, error, reusable, metrics, pruned = False, f"{type(exc).__name__}: {exc}", False, {}, False
+    if pruned:  # FINISHED (it ended as meant to), never cached: its result is a partial one
+        client.set_tag(run_id, tags.SEARCH_PRUNED, tags.flag(True))
+        ok, error = False, error or "pruned"
+    elif not ok:
         client.set_tag(run_id, tags.ERROR, error[:5000])
     elif task.cache_key:
         client.set_tag(run_id, tags.CACHE_KEY, task.cache_key)
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    client.set_terminated(run_id, "FINISHED" if ok or pruned else "FAILED")
     # The grid point's whole cost: its MLflow bookkeeping as well as the notebook.
     outcome = TaskOutcome(run_id=run_id, ok=ok, metrics=metrics, seconds=round(time.perf_counter() - started, 3),
-                          error=error, output_notebook=str(output))
+                          error=error, output_notebook=str(output), pruned=pruned)
     return outcome, reusable
+
+
+def _reset(kernel) -> bool:
+    """Make a warm kernel whose notebook stopped on purpose fit for the next one; False if it is not."""
+    from .kernels import RESET_CODE, KernelError
+
+    if kernel is None or not kernel.alive():
+        return False
+    try:
+        kernel.run(RESET_CODE)
+        return True
+    except KernelError:
+        return False
+
+
+def _fail_quietly(client, run_id: str, error: str) -> None:
+    """End the run FAILED if the store still answers (a full disk elsewhere); never raise."""
+    try:
+        client.set_tag(run_id, tags.ERROR, error[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - boundary: best effort; a later run marks it KILLED otherwise
+        log.debug("could not mark run %s FAILED", run_id)

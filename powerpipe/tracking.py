@@ -8,6 +8,7 @@ store instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from . import paths
-from .exceptions import TrackingError
+from .exceptions import StoreUnreachableError, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking store {redact(uri)}: cannot create {db.parent}: {exc.strerror}") from None
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"tracking store {redact(uri)}: folder {db.parent} is not writable")
+        check_sqlite_store(db)
         return
     if scheme in ("http", "https"):
         try:
@@ -66,7 +68,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 response.read()
         except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"
             reason = getattr(exc, "reason", exc)
-            raise TrackingError(f"tracking server {redact(uri)} is not reachable: {reason}") from None
+            raise StoreUnreachableError(f"tracking server {redact(uri)} is not reachable: {reason}") from None
         return
     if scheme in ("", "file"):
         return
@@ -77,7 +79,174 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         try:
             socket.create_connection((parts.hostname, parts.port or default_port), timeout=timeout).close()
         except OSError as exc:
-            raise TrackingError(f"tracking store {redact(uri)} is not reachable: {exc}") from None
+            raise StoreUnreachableError(f"tracking store {redact(uri)} is not reachable: {exc}") from None
+
+
+# Tables every MLflow SQL store has had since its first schema; alembic_version is its migration mark.
+MLFLOW_STORE_TABLES = frozenset({"alembic_version", "experiments", "runs"})
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_store(db: str | os.PathLike) -> None:
+    """Refuse a file that is not an MLflow SQLite store, reading it only (nothing is written to it).
+
+    Missing, empty (0 bytes) or an SQLite database without any table: accepted, MLflow sets it up.
+    Not an SQLite file, a corrupt one, or an SQLite database holding other tables: TrackingError
+    naming the file, before MLflow would add its tables to somebody else's database.
+    """
+    import sqlite3
+
+    db = Path(db)
+    if not db.exists():
+        return
+    not_store = f"{db} is not an MLflow store"
+    if not db.is_file():
+        raise TrackingError(f"{not_store}: it is not a file")
+    try:
+        with open(db, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingError(f"tracking store {db} cannot be read: {exc.strerror}") from None
+    if not header:
+        return  # 0 bytes: SQLite treats it as a new database and MLflow creates its tables
+    if header != SQLITE_HEADER:
+        raise TrackingError(f"{not_store}: not an SQLite database (wrong file, or overwritten). "
+                            "Move it away or point --tracking-uri / --outputs elsewhere; it was not changed.")
+    try:
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(f"{not_store}: the SQLite database is unreadable or corrupt ({exc}). "
+                            "Restore it from a backup or point --tracking-uri elsewhere; it was not changed.") from None
+    if tables and not MLFLOW_STORE_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+        raise TrackingError(f"{not_store}: an SQLite database without MLflow's tables (it holds: {shown}); "
+                            "it was not changed.")
+
+
+# -- a bounded budget for calls to a tracking server ------------------------------------------------
+
+STORE_BUDGET_SECONDS = 60.0  # how long one call may keep trying an unreachable tracking server
+# MLflow's HTTP client settings (mlflow/environment_variables.py); a value the user set is kept.
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_JITTER_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"
+HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+_BACKOFF_FACTOR = 1  # urllib3 waits 0, 2, 4, 8, … s between attempts (MLflow: an int)
+_JITTER = 0.5
+
+
+def store_call_settings(budget_seconds: float = STORE_BUDGET_SECONDS) -> dict[str, str]:
+    """MLflow HTTP settings whose worst case, all attempts timing out, stays within ``budget_seconds``.
+
+    With r retries urllib3 sleeps ``2**r - 2`` s in all (plus jitter); each of the r + 1 attempts may
+    wait ``timeout`` s. A quarter of the budget at most goes to sleeping, the rest to the attempts.
+    60 s: 3 retries, 13 s per attempt (59 s at worst; a refused connection fails after about 7 s).
+    """
+    if budget_seconds <= 0:
+        raise ValueError(f"the store budget must be positive, got {budget_seconds}")
+    retries = 0
+    while 2 ** (retries + 1) - 2 + (retries + 1) * _JITTER <= budget_seconds / 4 and retries < 10:
+        retries += 1
+    sleeping = (2 ** retries - 2 if retries else 0) + max(retries - 1, 0) * _JITTER
+    timeout = max(1, int((budget_seconds - sleeping) / (retries + 1)))
+    return {HTTP_RETRIES_ENV: str(retries), HTTP_BACKOFF_ENV: str(_BACKOFF_FACTOR),
+            HTTP_JITTER_ENV: str(_JITTER), HTTP_TIMEOUT_ENV: str(timeout)}
+
+
+def bound_store_calls(budget_seconds: float = STORE_BUDGET_SECONDS,
+                      environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Bound every MLflow call to a tracking server to about ``budget_seconds``; returns what was set.
+
+    Sets MLflow's HTTP retry and timeout variables in ``environ`` (default ``os.environ``), except those
+    the user set already. Call it before MLflow is imported: MLflow caches its HTTP sessions by these
+    values, and kernels and Dask workers inherit the environment. MLflow's own defaults (7 retries,
+    120 s timeouts) let one call hang for minutes when the server is down.
+    """
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for name, value in store_call_settings(budget_seconds).items():
+        if name not in environ:
+            environ[name] = value
+            applied[name] = value
+    return applied
+
+
+# Exceptions (by class name, anywhere in the chain) and messages that mean "the server did not answer".
+_UNREACHABLE_TYPES = frozenset({
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError", "NewConnectionError",
+    "ProtocolError", "RemoteDisconnected", "ConnectionRefusedError", "ConnectionResetError",
+    "ConnectionAbortedError", "socket.timeout", "TimeoutError", "ResponseError",
+})
+_UNREACHABLE_MESSAGES = (
+    "max retries exceeded", "connection refused", "failed to establish a new connection",
+    "failed with timeout exception", "read timed out", "connection aborted", "connection reset",
+    "remote end closed connection", "name or service not known", "temporary failure in name resolution",
+    "too many 5", "no route to host", "network is unreachable",
+    # SQL stores: the database host does not answer
+    "could not connect to server", "can't connect to mysql server", "connection timed out",
+)
+
+
+def is_unreachable(exc: BaseException | None) -> bool:
+    """True if ``exc`` (or anything in its chain) says the tracking store did not answer.
+
+    MLflow wraps requests' errors in a plain ``MlflowException`` ("API request to … failed with
+    exception HTTPConnectionPool(…): Max retries exceeded … Connection refused"), so the message
+    counts as well as the types. An answer that refuses (404, a bad parameter) is not "unreachable".
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StoreUnreachableError):
+            return True
+        if type(exc).__name__ in _UNREACHABLE_TYPES or isinstance(exc, (ConnectionError, socket.timeout)):
+            return True
+        text = str(exc).lower()
+        if any(message in text for message in _UNREACHABLE_MESSAGES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of an unreachable-server error: the innermost message, without MLflow's preamble."""
+    text = " ".join(str(exc).split())
+    errno_message = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno_message:
+        return errno_message.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "no answer in time (timed out)"
+    if "too many 5" in text.lower():
+        return "it answers with server errors (HTTP 5xx)"
+    for marker in ("Caused by ", "failed with exception "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.strip("()'\" ")[:300] or type(exc).__name__
+
+
+def unreachable_error(uri: str, exc: BaseException) -> StoreUnreachableError:
+    """The one-line ``StoreUnreachableError`` for ``exc``: "tracking server <uri> unreachable: <reason>"."""
+    if isinstance(exc, StoreUnreachableError):
+        return exc
+    kind = "server" if urllib.parse.urlsplit(uri).scheme in ("http", "https") else "store"
+    return StoreUnreachableError(f"tracking {kind} {redact(uri)} unreachable: {_reason(exc)}")
+
+
+@contextlib.contextmanager
+def store_guard(uri: str):
+    """Turn an unreachable-store failure inside the block into ``StoreUnreachableError``; others pass."""
+    try:
+        yield
+    except StoreUnreachableError:
+        raise
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise unreachable_error(uri, exc) from exc
 
 
 def ensure_experiment(client, name: str, uri: str) -> str:
@@ -110,38 +279,15 @@ def record_metrics(metrics: dict[str, float]) -> None:
     scrapbook.glue(METRICS_SCRAP, metrics, display=False)
 
 
-def log_model(model, X_example, flavor: str) -> None:
-    """Log a fitted model with signature and input example, so it can be served as it is."""
-    import mlflow
-    from mlflow.models import infer_signature
+def log_model(model, X_example, flavor: str, feature_set: str | None = None) -> None:
+    """Log a fitted model with signature and input example, so it can be served as it is.
 
-    from .modeling import predictions_frame
+    The model takes the raw schema (``utc_timestamp`` + the four weather columns) and computes its
+    features itself: see ``serving.log_model``, which does the work.
+    """
+    from . import serving
 
-    example = X_example.head(5)
-    requirements = [f"mlflow=={mlflow.__version__}", f"pandas=={_version('pandas')}"]
-    # Explicit requirements: inferring them would start a subprocess that loads the model again.
-    if flavor == "sklearn":
-        requirements.append(f"scikit-learn=={_version('scikit-learn')}")
-        signature = infer_signature(example, predictions_frame(model.predict(example)))
-        mlflow.sklearn.log_model(model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
-                                 pip_requirements=requirements, skops_trusted_types=SKOPS_TRUSTED_TYPES)
-    elif flavor == "keras":
-        import tempfile
-
-        from . import serving
-
-        requirements += [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}"]
-        signature = infer_signature(example, predictions_frame(model.predict(example.to_numpy("float32"), verbose=0)))
-        with tempfile.TemporaryDirectory() as folder:
-            saved = Path(folder) / "model.keras"
-            model.save(saved)
-            mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT, python_model=serving.KerasRegressor(),
-                artifacts={serving.KERAS_ARTIFACT: str(saved)}, code_paths=[str(Path(__file__).parent)],
-                signature=signature, input_example=example, pip_requirements=requirements,
-            )
-    else:
-        raise ValueError(f"unknown model flavor {flavor!r}")
+    serving.log_model(model, X_example, flavor, feature_set=feature_set)
 
 
 def _version(distribution: str) -> str:

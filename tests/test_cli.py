@@ -51,3 +51,20 @@ def test_bad_data_file_is_named(tmp_path):
     assert str(bad) in result.stderr and "missing required column(s)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_help_names_the_unattended_options_and_gc():
+    result = run("--help")
+    for flag in ("--timeout", "--store-timeout", "--min-free-mb", "--keep-runs", " gc --keep-runs N"):
+        assert flag in result.stdout
+    result = run("gc", "--help")
+    assert result.returncode == 0
+    for flag in ("--keep-runs", "--dry-run", "--outputs", "--tracking-uri"):
+        assert flag in result.stdout
+
+
+def test_timeout_zero_is_refused_before_anything_runs(tmp_path):
+    result = run("--config", str(paths.SMOKE_CONFIG), "--outputs", str(tmp_path / "out"), "--timeout", "0")
+    assert result.returncode == 2
+    assert "--timeout must be a positive number of seconds, got 0" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -198,3 +198,38 @@ def test_duplicate_at_autumn_clock_change_is_kept(tmp_path, three_rows):
                                    name=data.TIME_COLUMN)
     with pytest.raises(DataError, match="duplicated times"):
         data.load_processed(write_csv(tmp_path, frame, "other.csv"))
+
+
+# -- a full disk ----------------------------------------------------------------------------------------
+
+def test_download_onto_a_full_disk_is_disk_full_not_offline(tmp_path, processed_bytes, monkeypatch):
+    """ENOSPC mid-download: DiskFullError (resolve must not fall back to synthetic data), nothing left."""
+    import errno
+    import os
+
+    from powerpipe.exceptions import DiskFullError
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    server = _Server(processed_bytes)
+    monkeypatch.setenv(data.URL_ENV, server.url)
+    try:
+        with pytest.raises(DiskFullError, match=r"^no space left on /\S* \(.* MB free\)"):
+            data.resolve("auto", data_dir=tmp_path / "data")
+    finally:
+        server.close()
+    assert list((tmp_path / "data").iterdir()) == []

@@ -57,3 +57,33 @@ def test_kernel_environment_carries_run_without_writing_it_into_the_notebook(tmp
     # The scrap itself holds it here only because this test glued it; the parameters cell does not.
     source = "".join(c.source for c in nbformat.read(out, as_version=4).cells)
     assert "s3cret" not in source
+
+
+def test_full_disk_while_saving_raises_stops_the_kernel_and_keeps_the_last_whole_save(tmp_path, notebooks,
+                                                                                        monkeypatch):
+    """A full disk is not the notebook's failure: DiskFullError reaches the caller, the notebook on disk
+    is the last save that fitted (never a truncated one), and the kernel started for it is stopped."""
+    import psutil
+
+    from powerpipe import execute as execute_module
+    from powerpipe.exceptions import DiskFullError
+
+    real_write = execute_module.AtomicLocalHandler.write
+    saves = []
+
+    def write(self, buf, path):
+        saves.append(path)
+        if len(saves) > 2:
+            raise DiskFullError("no space left on /somewhere (0 MB free)")
+        return real_write(self, buf, path)
+
+    monkeypatch.setattr(execute_module.AtomicLocalHandler, "write", write)
+    out = tmp_path / "out" / "works.ipynb"
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(DiskFullError):
+        execute(notebooks["works"], out, {"x": 2})
+    assert nbformat.read(out, as_version=4).cells  # the last whole save
+    assert [p.name for p in out.parent.iterdir()] == ["works.ipynb"]  # no temporary file, no HTML
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    psutil.wait_procs(started, timeout=10)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

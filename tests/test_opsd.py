@@ -521,3 +521,27 @@ def test_notebook_stops_on_implausible_data_with_a_report(tmp_path, serve, small
     text = "".join(str(o) for c in executed.cells for o in c.get("outputs", []))
     assert f"column rad_diffuse: value(s) outside 0..1400 W/m²: 1 row(s), at {broken.index[10].isoformat()}" in text
     assert not output.exists()
+
+
+def test_full_disk_is_not_retried_and_leaves_nothing(tmp_path, serve, monkeypatch):
+    """ENOSPC while writing the download is the disk, not the connection: one DiskFullError, no retry."""
+    import builtins
+    import errno
+
+    from powerpipe.exceptions import DiskFullError
+
+    class Full(io.FileIO):
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".part") and mode in ("ab", "wb"):
+            return Full(file, mode[0])
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(opsd, "open", fake_open, raising=False)  # opsd's own writes only
+    server = serve({TIME_SERIES_PATH: BODY})
+    with pytest.raises(DiskFullError, match=r"^no space left on /\S* \(.* MB free\) while writing "):
+        opsd.fetch(server.url(TIME_SERIES_PATH), tmp_path / "raw", retries=3, backoff=0)
+    assert len(server.requests) == 1
+    assert files_in(tmp_path / "raw") == []

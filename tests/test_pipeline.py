@@ -31,7 +31,8 @@ def test_exit_code_and_summary_shape(smoke_run, summary):
     assert smoke_run["exit_code"] == 0
     assert summary["status"] == "ok"
     assert set(summary) == {"pipeline_run_id", "mlflow_parent_run_id", "status", "started", "finished", "data",
-                            "grid_points", "promoted", "report"}
+                            "grid_points", "promoted", "report", "error"}
+    assert summary["error"] is None
     assert summary["pipeline_run_id"] == smoke_run["run_dir"].name
     assert summary["data"]["source"] == "synthetic"
     assert summary["data"]["sha256"] == data.file_sha256(smoke_run["run_dir"] / summary["data"]["path"])

@@ -1,23 +1,30 @@
-"""`mlflow models serve` answers the tutorial's request with the production model, on loopback."""
+"""Serving: `mlflow models serve` answers a request of a timestamp and four weather values, on loopback, with
+exactly what the model computed in training (features inside the model); and what a training run records."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+from powerpipe import data, evaluation, features, modeling, serving, tags
 
-# The tutorial's request, in the JSON format current MLflow expects (as the README shows it).
-REQUEST = {"dataframe_split": {"columns": ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"],
-                               "data": [[2, 20, 100, 100]]}}
+# The tutorial's request, in the JSON format current MLflow expects, with the hour it is for (UTC, no offset:
+# MLflow's datetime type is timezone-naive), as the README shows it.
+REQUEST = {"dataframe_split": {"columns": ["utc_timestamp", "windspeed", "temperature", "rad_horizontal",
+                                           "rad_diffuse"],
+                               "data": [["2016-06-01T12:00:00", 2, 20, 100, 100]]}}
 
 
 def free_port() -> int:
@@ -26,16 +33,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_scoring_server_answers_tutorial_request(smoke_run, tmp_path):
+@contextlib.contextmanager
+def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
+    """``mlflow models serve`` on 127.0.0.1 for ``model_uri``; yields a function that posts a request."""
     port = free_port()
     bin_dir = Path(sys.executable).parent  # the scoring server starts `uvicorn` from PATH, as an activated venv has it
-    env = {**os.environ, "MLFLOW_TRACKING_URI": smoke_run["tracking_uri"],
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_cli = bin_dir / "mlflow"
+    log = folder / "serve.log"
     server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", "models:/BestModel@production", "--env-manager", "local",
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=folder,
     )
     try:
         deadline = time.monotonic() + 120
@@ -47,19 +56,158 @@ def test_scoring_server_answers_tutorial_request(smoke_run, tmp_path):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("scoring server did not start:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+                pytest.fail("scoring server did not start:\n" + log.read_text()[-3000:])
             time.sleep(0.5)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(REQUEST).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+
+        def post(request: dict) -> list:
+            message = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(message, timeout=30) as response:
+                    return json.loads(response.read())["predictions"]
+            except urllib.error.HTTPError as exc:
+                pytest.fail(f"scoring server answered {exc.code}: {exc.read().decode()[:2000]}")
+
+        yield post
     finally:
         server.terminate()
         server.wait(timeout=30)
-    predictions = answer["predictions"]
+
+
+def rows(predictions: list) -> np.ndarray:
+    return np.array([list(row.values()) if isinstance(row, dict) else row for row in predictions], dtype=float)
+
+
+@pytest.mark.slow
+def test_scoring_server_answers_tutorial_request(smoke_run, tmp_path):
+    with scoring_server(smoke_run["tracking_uri"], "models:/BestModel@production", tmp_path) as post:
+        predictions = post(REQUEST)
     assert len(predictions) == 1
     row = predictions[0]
     values = list(row.values()) if isinstance(row, dict) else row
     assert len(values) == 2 and all(isinstance(v, float) for v in values)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private tracking store (artifacts beside it), the active run ended afterwards."""
+    import mlflow
+
+    from powerpipe import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = tracking.ensure_experiment(mlflow.MlflowClient(uri), "serving_test", uri)
+    yield uri, experiment_id
+    mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return data.synthetic_frame("2015-09-01", "2016-03-31 23:00")
+
+
+@pytest.mark.slow
+def test_feature_set_model_is_served_as_trained(store, frame, tmp_path):
+    """A weather_calendar model, registered as production, answers timestamps + weather over HTTP exactly
+    as it predicted in training: its features are computed inside the served model."""
+    import mlflow
+
+    uri, experiment_id = store
+    X_train, X_test, y_train, _ = evaluation.holdout(frame, {"test_start": "2016-03-01"})
+    model = modeling.make_model(modeling.gradient_boosting(max_iter=30), "weather_calendar").fit(X_train, y_train)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        serving.log_model(model, X_train, flavor="sklearn")
+    client = mlflow.MlflowClient(uri)
+    model_id = client.get_run(run.info.run_id).outputs.model_outputs[-1].model_id
+    client.create_registered_model("BestModel")
+    version = client.create_model_version("BestModel", source=f"models:/{model_id}", run_id=run.info.run_id,
+                                          model_id=model_id)
+    client.set_registered_model_alias("BestModel", "production", version.version)
+
+    # A day of the test period: leads and lags come from the same request, as in the test split.
+    day = X_test[(X_test.index >= "2016-03-10") & (X_test.index < "2016-03-11")]
+    request = {"dataframe_split": {
+        "columns": features.RAW_COLUMNS,
+        "data": [[t.strftime("%Y-%m-%dT%H:%M:%S"), *values]
+                 for t, values in zip(day["utc_timestamp"], day[data.FEATURES].to_numpy().tolist())]}}
+    with scoring_server(uri, "models:/BestModel@production", tmp_path) as post:
+        served = rows(post(request))
+        one_hour = rows(post(REQUEST))
+    np.testing.assert_allclose(served, model.predict(day), rtol=1e-9, atol=1e-9)
+    # the served model's features change with the hour: noon and midnight differ for the same weather
+    assert served.shape == (24, 2) and not np.allclose(served[0], served[12])
+    assert one_hour.shape == (1, 2)
+
+    # The model's signature and input example say what a request holds.
+    loaded = mlflow.pyfunc.load_model("models:/BestModel@production")
+    assert loaded.metadata.get_input_schema().input_names() == features.RAW_COLUMNS
+    example = json.loads((Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "m")))
+                          / "input_example.json").read_text())
+    assert example["columns"] == features.RAW_COLUMNS
+
+
+@pytest.mark.slow
+def test_keras_model_computes_its_features_inside(store, frame):
+    """The Keras wrapper applies the same FeatureBuilder before the net: loaded as pyfunc, it takes the raw schema."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import mlflow
+
+    _, experiment_id = store
+    X_train, X_test, y_train, _ = evaluation.holdout(frame, {"test_start": "2016-03-01"})
+    inputs = features.build(X_train, "weather_calendar").to_numpy("float32")
+    keras.utils.set_random_seed(0)
+    normalise = keras.layers.Normalization()
+    normalise.adapt(inputs)
+    net = keras.Sequential([keras.Input(shape=(inputs.shape[1],)), normalise, keras.layers.Dense(8, activation="relu"),
+                            keras.layers.Dense(2)])
+    net.compile(loss="mse", optimizer="adam")
+    net.fit(inputs, y_train.to_numpy("float32"), epochs=1, batch_size=512, verbose=0)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        serving.log_model(net, X_train, flavor="keras", feature_set="weather_calendar")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert loaded.metadata.get_input_schema().input_names() == features.RAW_COLUMNS
+    expected = net.predict(features.build(X_test, "weather_calendar").to_numpy("float32"), verbose=0)
+    np.testing.assert_allclose(loaded.predict(serving.model_input(X_test)).to_numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_run_records_lineage_evaluation_and_backtest(store, frame, tmp_path):
+    import mlflow
+
+    uri, experiment_id = store
+    path = data.write_processed(frame, tmp_path / "germany.csv")
+    spec = evaluation.Evaluation.from_dict({"test_start": "2016-01-01", "folds": 2})
+    X_train, X_test, y_train, y_test = evaluation.holdout(data.load(path), spec)
+    table = evaluation.backtest(frame, spec, evaluation.refit(modeling.make_model(
+        modeling.gradient_boosting(max_iter=5), "tutorial")))
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        serving.log_training_setup(spec.as_dict(), "weather_calendar", path, X_train, X_test, y_train, y_test)
+        summary = serving.log_backtest(table)
+    client = mlflow.MlflowClient(uri)
+    recorded = client.get_run(run.info.run_id)
+    assert evaluation.from_tag(recorded.data.tags[tags.EVALUATION]) == spec
+    assert recorded.data.tags[tags.FEATURE_SET] == "weather_calendar"
+    assert recorded.data.params["feature_set"] == "weather_calendar"
+
+    sha256 = data.file_sha256(path)
+    by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
+                  for i in recorded.inputs.dataset_inputs}
+    assert set(by_context) == {"training", "testing"}
+    for context, rows_expected in (("training", len(X_train)), ("testing", len(X_test))):
+        dataset_input = by_context[context]
+        assert dataset_input.dataset.digest == sha256[:32]  # the whole file's hash, not MLflow's first rows
+        assert dataset_input.dataset.name.startswith("germany.csv (" + context)
+        assert str(path.resolve()) in dataset_input.dataset.source
+        input_tags = {t.key: t.value for t in dataset_input.tags}
+        assert input_tags["sha256"] == sha256 and input_tags["rows"] == str(rows_expected)
+
+    assert set(summary) >= {"backtest_r2", "backtest_rmse"}
+    assert summary["backtest_r2"] == pytest.approx(table["r2"].mean())
+    history = client.get_metric_history(run.info.run_id, serving.FOLD_METRICS["r2"])
+    assert sorted((m.step, round(m.value, 9)) for m in history) == \
+        [(int(f), round(v, 9)) for f, v in zip(table["fold"], table["r2"])]
+    logged = serving.load_table(client, run.info.run_id, serving.BACKTEST_ARTIFACT)
+    assert list(logged["fold"]) == list(table["fold"]) == [1]  # the data ends with the first quarter of 2016

@@ -1,0 +1,83 @@
+"""What the repository itself promises: clean notebooks, one tag contract, one error module, small classes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+
+import nbformat
+import pytest
+
+from powerpipe import paths
+
+PACKAGE_DIRS = (paths.PROJECT_ROOT / "powerpipe", paths.PROJECT_ROOT / "dashboard")
+
+
+def _tracked(pattern: str) -> list:
+    try:
+        out = subprocess.run(["git", "ls-files", pattern], cwd=paths.PROJECT_ROOT, capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [paths.PROJECT_ROOT / line for line in out.splitlines() if line]
+
+
+def _sources():
+    return sorted(path for folder in PACKAGE_DIRS for path in folder.rglob("*.py"))
+
+
+def test_every_committed_notebook_is_clean_with_one_parameters_cell():
+    notebooks = _tracked("*.ipynb")
+    assert len(notebooks) >= 6
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        code = [cell for cell in nb.cells if cell.cell_type == "code"]
+        assert all(cell.outputs == [] and cell.execution_count is None for cell in code), f"{path} has outputs"
+        tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path}: {len(tagged)} cells tagged parameters"
+
+
+def test_tag_names_are_written_only_in_tags_module():
+    literal = re.compile(r"""["']powerpipe\.[a-z_]+["']""")
+    offenders = [f"{path.relative_to(paths.PROJECT_ROOT)}:{number}"
+                 for path in _sources() if path.name != "tags.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if literal.search(line) and "import" not in line]
+    assert not offenders, f"tag names written outside powerpipe/tags.py: {offenders}"
+
+
+def test_every_error_type_lives_in_exceptions_module():
+    bases = {"Exception", "PipelineError", "LookupError", "RuntimeError", "ValueError"}
+    offenders = []
+    for path in _sources():
+        if path.name == "exceptions.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    isinstance(base, ast.Name) and (base.id in bases or base.id.endswith("Error"))
+                    for base in node.bases):
+                offenders.append(f"{path.name}:{node.name}")
+    assert not offenders, f"exception classes outside powerpipe/exceptions.py: {offenders}"
+
+
+def test_broad_exception_handlers_say_why():
+    """A broad handler is a boundary that must not die, and says so; clean-up that re-raises is fine."""
+    offenders = []
+    for path in _sources():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not (isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name)
+                    and node.type.id in ("Exception", "BaseException")):
+                continue
+            reraises = isinstance(node.body[-1], ast.Raise) and node.body[-1].exc is None
+            if not reraises and "#" not in lines[node.lineno - 1]:
+                offenders.append(f"{path.relative_to(paths.PROJECT_ROOT)}:{node.lineno}")
+    assert not offenders, f"broad exception handlers without a reason: {offenders}"
+
+
+def test_no_class_over_150_lines():
+    long = [f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in _sources() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150]
+    assert not long, f"classes over 150 lines: {long}"
