@@ -22,6 +22,12 @@ if not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     sys.path.insert(0, str(_HERE.parent))
 
+from powerpipe import tracking  # noqa: E402 - before MLflow is imported anywhere: it reads the budget once
+
+# Calls to a tracking server that stopped give up within about a minute, not MLflow's default many
+# minutes of retries; the page then says the store is unreachable and keeps serving the loaded model.
+tracking.bound_store_calls()
+
 import dash
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
@@ -32,7 +38,6 @@ from dashboard.layout import empty_figure, model_card, problem_panel, production
 from dashboard.production_model import POLL_SECONDS, ProductionModelCache, ServingModel
 from dashboard.store import ALIAS, MODEL_NAME, open_client
 from dashboard.windows import WindowFigure, choose_window, window_frames
-from powerpipe import tracking
 from powerpipe.exceptions import ArtifactNotServed, PipelineError
 
 log = logging.getLogger(__name__)

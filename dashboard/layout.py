@@ -181,7 +181,7 @@ def runs_table(rows: list[PipelineRunRow]) -> html.Table:
             html.Td([row.pipeline_run_id or row.run_id, html.Span("synthetic", className="tag") if row.synthetic else ""]),
             html.Td(row.experiment),
             html.Td(row.status.lower()),
-            html.Td(f"{row.notebooks_ok} / {row.notebooks_failed}"),
+            html.Td(f"{row.notebooks_ok} / {row.notebooks_failed}" + (f", {row.trials} trials" if row.trials else "")),
             html.Td(f"{row.best_value:.4g}" if row.best_value is not None else "–"),
             html.Td(promoted),
             html.Td(report),

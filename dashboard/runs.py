@@ -44,6 +44,7 @@ class PipelineRunRow:
     synthetic: bool
     report_run_id: str | None  # the run whose artifacts hold tags.REPORT_ARTIFACT
     notebooks: tuple[NotebookLink, ...]
+    trials: int = 0  # of its notebook runs, the trials of searches (powerpipe.search)
 
 
 def pipeline_runs(client, model_name: str = MODEL_NAME, alias: str = ALIAS, max_results: int = 20,
@@ -97,6 +98,7 @@ def _row(parent, kids: list, experiments: dict[str, str], versions_by_pipeline: 
         report_run_id=parent.info.run_id if report_runs else None,
         notebooks=tuple(NotebookLink(k.info.run_name, k.data.tags.get(tags.STAGE, ""), k.info.status,
                                      k.info.run_id, notebook_html_artifact(k)) for k in kids if k.info.run_name),
+        trials=sum(tags.SEARCH_TRIAL in k.data.tags for k in kids),
     )
 
 

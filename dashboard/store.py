@@ -40,6 +40,7 @@ def check_store(uri: str, timeout: float = 3.0) -> None:
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
             raise NoProductionModel(f"there is no tracking store at {db} yet")
+        tracking.check_sqlite_store(db)  # a file that is not an MLflow store is refused, never written to
         return
     try:
         tracking.check_reachable(uri, timeout=timeout)

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - boundary: a full disk or a lost store is one line, a bug a traceback
         message = known_failure(exc, args)
         if message is None or args.debug:
             raise

@@ -320,19 +320,23 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, timeo
     return dest
 
 
-def resolve(spec: str = "auto", data_dir: str | os.PathLike = paths.DATA_DIR) -> DataSource:
+def resolve(spec: str = "auto", data_dir: str | os.PathLike = paths.DATA_DIR,
+            generated_dir: str | os.PathLike | None = None) -> DataSource:
     """Turn ``--data`` (a path, ``synthetic``, ``auto`` or ``opsd``) into a processed CSV on disk.
 
     ``auto``: ``data/germany.csv`` if present; else download the tutorial's file and verify its hash;
     else (offline) generate synthetic data. ``opsd``: nothing is read or built here; the source says
     where the process notebook writes the file it builds from the raw OPSD downloads
-    (``data/processed/germany.csv``), with an empty hash until it is built.
+    (``data/processed/germany.csv``), with an empty hash until it is built. Synthetic data is written
+    to ``generated_dir`` (a run passes its outputs folder: generated files stay out of ``data/``),
+    else to ``data_dir``.
     """
     data_dir = Path(data_dir)
+    generated = Path(generated_dir) if generated_dir is not None else data_dir
     if spec == OPSD_SPEC:
         return DataSource((data_dir / paths.PROCESSED_DATA_DIR.name / paths.PROCESSED_DATA_NAME).resolve(), "", "opsd")
     if spec == "synthetic":
-        return _synthetic_source(data_dir)
+        return _synthetic_source(generated)
     if spec != "auto":
         path = Path(spec).expanduser().resolve()
         load_processed(path)  # validate before anything runs
@@ -350,7 +354,7 @@ def resolve(spec: str = "auto", data_dir: str | os.PathLike = paths.DATA_DIR) ->
     except DataError as exc:
         log.warning("%s", exc)
         log.warning("offline: falling back to SYNTHETIC data")
-        return _synthetic_source(data_dir)
+        return _synthetic_source(generated)
     load_processed(local)
     return DataSource(local.resolve(), file_sha256(local), "downloaded")
 

@@ -25,6 +25,10 @@ class DataError(PipelineError):
     """The data file is missing or malformed: names the file, and the column where one is at fault."""
 
 
+class TransferInterrupted(DataError):
+    """A download stopped early for a reason worth retrying (cut connection, timeout, busy server)."""
+
+
 class TrackingError(PipelineError):
     """The MLflow tracking store cannot be used."""
 

@@ -153,7 +153,7 @@ def disk_full_guard(path: str | os.PathLike, needed_bytes: int | None = None,
         yield
     except DiskFullError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted: a full disk is translated, anything else re-raised
         translated = as_disk_full_error(exc, path, needed_bytes, writing)
         if translated is None:
             raise

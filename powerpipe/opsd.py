@@ -37,7 +37,7 @@ import pandas as pd
 
 from . import paths
 from .data import COLUMNS, TIME_COLUMN, file_sha256
-from .exceptions import DataError
+from .exceptions import DataError, TransferInterrupted
 from .fsutil import disk_full_guard, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -163,10 +163,6 @@ def fetch(
     return target
 
 
-class _Interrupted(Exception):
-    """A transfer stopped early for a reason worth retrying (cut connection, timeout, busy server)."""
-
-
 @dataclass
 class _Transfer:
     url: str
@@ -189,7 +185,7 @@ def _download_with_retries(url: str, part: Path, retries: int, progress: bool, t
             try:
                 _transfer_once(transfer, bar)
                 return transfer
-            except _Interrupted as exc:
+            except TransferInterrupted as exc:
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} attempt(s): {exc}") from None
                 delay = min(backoff * 2**attempt, MAX_BACKOFF_SECONDS)
@@ -199,7 +195,7 @@ def _download_with_retries(url: str, part: Path, retries: int, progress: bool, t
 
 
 def _transfer_once(transfer: _Transfer, bar: Any) -> None:
-    """Append the rest of the file to ``transfer.part``; raise _Interrupted if it stops early."""
+    """Append the rest of the file to ``transfer.part``; raise TransferInterrupted if it stops early."""
     have = transfer.part.stat().st_size
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
@@ -212,12 +208,12 @@ def _transfer_once(transfer: _Transfer, bar: Any) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             transfer.part.write_bytes(b"")  # our partial file does not fit the server's: start over
-            raise _Interrupted("server refused to resume (HTTP 416)") from None
+            raise TransferInterrupted("server refused to resume (HTTP 416)") from None
         if exc.code in RETRY_STATUS:
-            raise _Interrupted(f"HTTP {exc.code} {exc.reason}") from None
+            raise TransferInterrupted(f"HTTP {exc.code} {exc.reason}") from None
         raise DataError(f"could not download {transfer.url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Interrupted(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
+        raise TransferInterrupted(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
 
     with response:
         total: int | None
@@ -225,7 +221,7 @@ def _transfer_once(transfer: _Transfer, bar: Any) -> None:
             start, total = _content_range(response.headers.get("Content-Range", ""))
             if start != have:
                 transfer.part.write_bytes(b"")
-                raise _Interrupted(f"server resumed at byte {start}, not {have}")
+                raise TransferInterrupted(f"server resumed at byte {start}, not {have}")
             mode = "ab"
         else:
             if have:
@@ -246,11 +242,11 @@ def _transfer_once(transfer: _Transfer, bar: Any) -> None:
             except (http.client.IncompleteRead, OSError) as exc:
                 if is_disk_full(exc):  # not the connection: retrying would fill the disk again
                     raise
-                raise _Interrupted(f"connection lost after {have} bytes: {type(exc).__name__}") from None
+                raise TransferInterrupted(f"connection lost after {have} bytes: {type(exc).__name__}") from None
     if total is not None and have != total:
         if have > total:
             transfer.part.write_bytes(b"")
-        raise _Interrupted(f"received {have} of {total} bytes")
+        raise TransferInterrupted(f"received {have} of {total} bytes")
 
 
 def _content_range(header: str) -> tuple[int, int | None]:

@@ -240,11 +240,23 @@ class SearchSpec:
         import optuna
 
         if self.sampler == "grid":
-            return optuna.samplers.GridSampler({d.name: d.grid_values() for d in self.space}, seed=self.seed)
+            return _GridSampler()({d.name: d.grid_values() for d in self.space}, seed=self.seed)
         seed = None if self.seed is None else self.seed + offset
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
+
+
+def _GridSampler():
+    """Optuna's grid sampler for ask-and-tell: it would ``study.stop()`` itself once the grid is done,
+    which only an ``optimize`` loop allows; the search stops by itself when every point is asked."""
+    import optuna
+
+    class AskAndTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return AskAndTellGridSampler
 
 
 def _pruner(raw: Any, where: str) -> dict:

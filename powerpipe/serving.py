@@ -67,7 +67,8 @@ class FeatureModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
-        values = FeatureBuilder(self.feature_set).transform(frame).to_numpy(dtype="float32")
+        # Nets logged before feature sets (as ``KerasRegressor``) took the four weather columns: "tutorial".
+        values = FeatureBuilder(getattr(self, "feature_set", "tutorial")).transform(frame).to_numpy(dtype="float32")
         return predictions_frame(self.model.predict(values, verbose=0), index=frame.index)
 
 

@@ -36,10 +36,9 @@ def prepare(options, on_step=None, scheduled: bool = False):
     if options.data == "opsd" and config.process is None:
         raise ConfigError(f"{config.path}: --data opsd builds the data in the process stage, but the config "
                           "has no stages.process")
-    source = data_module.resolve(options.data)
-    if source.synthetic:
-        log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
-                    source.path)
+    # Data is checked now; synthetic data is generated only once the run folder exists, into it.
+    source = None if options.data == "synthetic" else data_module.resolve(
+        options.data, generated_dir=Path(options.outputs).resolve() / "data")
     uri = tracking.tracking_uri(options.tracking_uri, options.outputs)
     if options.executor == "dask":
         from .executors.dask_cluster import check_tracking_uri
@@ -59,6 +58,11 @@ def prepare(options, on_step=None, scheduled: bool = False):
     notebooks = [spec.notebook for spec in config.notebook_specs()]
     executor = None
     try:
+        if source is None:
+            source = data_module.resolve(options.data, generated_dir=run_dir / "data")
+        if source.synthetic:
+            log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
+                        source.path)
         if not scheduled:  # a cluster that cannot see the run folder fails here, before any run is logged
             executor = executor_for(options, notebooks, uri, run_dir, source)
         tracking.enable_sqlite_wal(uri)

@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import paths
+from . import paths, tags
 from .exceptions import StoreUnreachableError, TrackingError
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ RUN_ID_ENV = "POWERPIPE_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT_ENV = "POWERPIPE_EXPERIMENT"
 METRICS_SCRAP = "metrics"
-MODEL_ARTIFACT = "model"
+MODEL_ARTIFACT = tags.MODEL_ARTIFACT
 # Types inside the tree models we fit ourselves; skops refuses to load them unless named.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
@@ -243,7 +243,7 @@ def store_guard(uri: str):
         yield
     except StoreUnreachableError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted: unreachable is translated, anything else re-raised
         if not is_unreachable(exc):
             raise
         raise unreachable_error(uri, exc) from exc
@@ -326,7 +326,7 @@ def training_runs(parent_run_id: str | None = None, run_ids: list[str] | None = 
         quoted = ", ".join(f"'{run_id}'" for run_id in run_ids) or "''"
         selection = f"attributes.run_id IN ({quoted})"
     else:
-        selection = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`powerpipe.stage` = 'train'"
+        selection = f"{tags.equals(tags.MLFLOW_PARENT_RUN_ID, parent_run_id)} and {tags.equals(tags.STAGE, 'train')}"
     return mlflow.search_runs(search_all_experiments=True, filter_string=selection, output_format="pandas")
 
 
@@ -337,7 +337,7 @@ def latest_pipeline_run_id(experiment: str | None = None) -> str | None:
     mlflow.set_tracking_uri(tracking_uri())
     runs = mlflow.search_runs(
         experiment_names=[experiment or os.environ.get(EXPERIMENT_ENV, EXPERIMENT)],
-        filter_string="tags.`powerpipe.kind` = 'pipeline'",
+        filter_string=tags.equals(tags.KIND, tags.KIND_PIPELINE),
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
@@ -345,9 +345,7 @@ def latest_pipeline_run_id(experiment: str | None = None) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-RUNNER_HOST_TAG = "powerpipe.runner_host"
-RUNNER_PID_TAG = "powerpipe.runner_pid"
-RUNNER_STARTED_TAG = "powerpipe.runner_started"
+RUNNER_HOST_TAG, RUNNER_PID_TAG, RUNNER_STARTED_TAG = tags.RUNNER_HOST, tags.RUNNER_PID, tags.RUNNER_STARTED
 
 
 def runner_tags() -> dict[str, str]:
@@ -359,12 +357,12 @@ def runner_tags() -> dict[str, str]:
             RUNNER_STARTED_TAG: repr(me.create_time())}
 
 
-def _runner_alive(tags: dict[str, str]) -> bool:
+def _runner_alive(run_tags: dict[str, str]) -> bool:
     import psutil
 
     try:
-        process = psutil.Process(int(tags[RUNNER_PID_TAG]))
-        return repr(process.create_time()) == tags.get(RUNNER_STARTED_TAG)
+        process = psutil.Process(int(run_tags[RUNNER_PID_TAG]))
+        return repr(process.create_time()) == run_tags.get(RUNNER_STARTED_TAG)
     except (KeyError, ValueError, psutil.Error):
         return False
 
@@ -374,13 +372,13 @@ def mark_abandoned_runs(client, experiment_id: str) -> list[str]:
     host = socket.gethostname()
     stale = client.search_runs(
         [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{RUNNER_HOST_TAG}` = '{host}'",
+        filter_string=f"attributes.status = 'RUNNING' and {tags.equals(RUNNER_HOST_TAG, host)}",
         max_results=5000,
     )
     killed = []
     for run in stale:
         if not _runner_alive(run.data.tags):
-            client.set_tag(run.info.run_id, "powerpipe.error", "its runner stopped (killed or interrupted)")
+            client.set_tag(run.info.run_id, tags.ERROR, "its runner stopped (killed or interrupted)")
             client.set_terminated(run.info.run_id, "KILLED")
             killed.append(run.info.run_id)
     if killed:

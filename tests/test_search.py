@@ -25,16 +25,16 @@ from powerpipe.steps import build_steps
 from .conftest import make_notebook
 
 # A stand-in model notebook: predicts the constant `level` (its rmse falls as `level` nears the data's
-# level), and on demand fails, hangs, or reports a loss curve to its trial that crosses any other
-# level's, so that every trial after the first is pruned whatever the order.
+# level), and on demand fails, hangs, or reports a loss curve to its trial: trial 0's low, every later
+# trial's higher, so that the median pruner stops every trial after the first.
 PARAMETERS = ("data_path: str | None = None\nlevel: float = 0.0\ndepth: int = 1\nmode: str = 'ok'\n"
-              "sleep: float = 0.0\ncrossing: bool = False\nlog_model: bool = False")
+              "sleep: float = 0.0\nworse_later: bool = False\nlog_model: bool = False")
 CELLS = (
     "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking, trials",
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)\nif mode == 'fail':\n    raise RuntimeError(f'failing on purpose at level {level}')\n"
-    "if mode == 'hang':\n    time.sleep(600)\nif crossing:\n"
-    "    for epoch, loss in enumerate([level, 10 - level]):\n        trials.report(loss, epoch)",
+    "if mode == 'hang':\n    time.sleep(600)\nif worse_later:\n"
+    "    for epoch in range(3):\n        trials.report(1.0 if trials.current_trial().number == 0 else 5.0 + level, epoch)",
     "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
     "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
     "if log_model:\n    tracking.log_model(model, X_train, flavor='sklearn')",
@@ -218,15 +218,15 @@ def test_no_trial_outside_a_search(monkeypatch):
 
 @pytest.mark.slow
 def test_search_runs_trials_two_at_once_promotes_the_best_and_is_reused(project):
-    path = project.config({"sampler": "tpe", "n_trials": 6, "seed": 0, "space": SPACE},
-                          parameters={"log_model": True, "sleep": 1.0})
+    path = project.config({"sampler": "tpe", "n_trials": 5, "seed": 0, "space": SPACE},
+                          parameters={"log_model": True, "sleep": 0.5})
     code, summary = project.run(path, "--jobs", "2")
     assert code == 0 and summary["status"] == "ok"
     (entry,) = summary["searches"]
     found = trials_of(summary)
-    assert len(found) == 6 and [p["status"] for p in found] == ["ok"] * 6
-    assert [p["trial"]["number"] for p in found] == list(range(6))  # in trial order
-    assert entry["completed"] == 6 and entry["failed"] == entry["pruned"] == 0 and entry["ran"] == 6
+    assert len(found) == 5 and [p["status"] for p in found] == ["ok"] * 5
+    assert [p["trial"]["number"] for p in found] == list(range(5))  # in trial order
+    assert entry["completed"] == 5 and entry["failed"] == entry["pruned"] == 0 and entry["ran"] == 5
     best = min(found, key=lambda p: p["metrics"]["rmse"])
     assert entry["best_run_id"] == best["mlflow_run_id"] and entry["best_value"] == best["metrics"]["rmse"]
     assert summary["promoted"]["run_id"] == best["mlflow_run_id"]  # the best trial competed like a grid point
@@ -243,26 +243,26 @@ def test_search_runs_trials_two_at_once_promotes_the_best_and_is_reused(project)
     spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two at once
     study = project.study(entry["study"])
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {p["mlflow_run_id"] for p in found}
 
     started = time.monotonic()
     code, again = project.run(path, "--jobs", "2")  # finished and unchanged: nothing runs
     assert code == 0 and time.monotonic() - started < 15
-    assert [p["status"] for p in trials_of(again)] == ["cached"] * 6 and again["searches"][0]["ran"] == 0
+    assert [p["status"] for p in trials_of(again)] == ["cached"] * 5 and again["searches"][0]["ran"] == 0
     assert {p["mlflow_run_id"] for p in trials_of(again)} == {p["mlflow_run_id"] for p in found}
-    assert len(project.trial_runs(entry["study"])) == 6
+    assert len(project.trial_runs(entry["study"])) == 5
 
     code, forced = project.run(path, "--jobs", "2", "--force")  # a new study
     assert code == 0 and forced["searches"][0]["study"] == entry["study"] + "-2"
-    assert [p["status"] for p in trials_of(forced)] == ["ok"] * 6
+    assert [p["status"] for p in trials_of(forced)] == ["ok"] * 5
 
 
 @pytest.mark.slow
 def test_failed_and_timed_out_trials_are_fail_and_the_search_goes_on(project):
     block = {"sampler": "grid", "n_trials": 3, "seed": 0,
              "space": {"mode": {"categorical": ["ok", "fail", "hang"]}}}
-    code, summary = project.run(project.config(block, promote=False, timeout=8), "--jobs", "2")
+    code, summary = project.run(project.config(block, promote=False, timeout=15), "--jobs", "2")
     assert code == 1 and summary["status"] == "failed"
     by_mode = {p["parameters"]["mode"]: p for p in trials_of(summary)}
     assert {mode: p["status"] for mode, p in by_mode.items()} == {"ok": "ok", "fail": "failed", "hang": "failed"}
@@ -282,7 +282,7 @@ def test_failed_and_timed_out_trials_are_fail_and_the_search_goes_on(project):
 def test_a_pruned_trial_is_pruned_in_optuna_mlflow_and_summary_with_its_notebook(project):
     block = {"sampler": "grid", "n_trials": 3, "seed": 0, "pruner": {"name": "median", "n_startup_trials": 1},
              "space": {"level": {"categorical": [1.0, 5.0, 9.0]}}}
-    code, summary = project.run(project.config(block, parameters={"crossing": True}, promote=False), "--jobs", "1")
+    code, summary = project.run(project.config(block, parameters={"worse_later": True}, promote=False), "--jobs", "1")
     assert code == 0 and summary["status"] == "ok"  # pruning is no failure
     statuses = sorted(p["status"] for p in trials_of(summary))
     assert statuses == ["ok", "pruned", "pruned"]
@@ -296,7 +296,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_mlflow_and_summary_with_its_notebook
             assert tags.CACHE_KEY not in run.data.tags and not point["metrics"]  # never reused as a result
             executed = nbformat.read(project.outputs / summary["pipeline_run_id"] / point["output_notebook"], 4)
             assert "TrialPruned" in json.dumps([cell.get("outputs", []) for cell in executed.cells])
-    code, again = project.run(project.config(block, parameters={"crossing": True}, promote=False))
+    code, again = project.run(project.config(block, parameters={"worse_later": True}, promote=False))
     assert code == 0 and sorted(p["status"] for p in trials_of(again)) == ["cached", "pruned", "pruned"]
 
 
