@@ -102,6 +102,21 @@ def check(notebook: Path, values: dict[str, Any], runtime_names: tuple[str, ...]
     check_values(notebook, values, where)
 
 
+def check_logged_texts(values: dict[str, Any], logged: dict[str, str]) -> None:
+    """Each value as `mlflow run` logged it (the -P text) must be the text the notebook logs (``str``).
+
+    MLflow keeps one text per parameter and refuses another: ``-P max_depth=none`` is logged as
+    ``none`` and the notebook's ``log_params`` would then fail on ``None`` at the end of training.
+    """
+    from .tasks import _param_text
+
+    for key, value in values.items():
+        canonical = _param_text(value)
+        if key in logged and logged[key] != canonical:
+            raise ParameterError(f"mlflow run -P {key}={logged[key]}: MLflow keeps parameters as the text given, and "
+                                 f"the notebook records {canonical!r}; write it as -P {key}={canonical}")
+
+
 def _label(notebook: Path, values: dict[str, Any]) -> str:
     """The name a pipeline gives a grid point with these values: ``model_rf__n_estimators_64__max_depth_10``."""
     from .config import GridPoint, NotebookSpec
@@ -153,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         already_logged: dict[str, str] = {}
     else:
         already_logged = dict(existing.data.params)
+        check_logged_texts(values, already_logged)
     output = Path(args.outputs).resolve() / PROJECTS_DIR_NAME / run_id / f"{label}.ipynb"
     run_tags = {
         tags.KIND: tags.KIND_NOTEBOOK,

@@ -85,21 +85,21 @@ class RunLock:
         deadline = None if wait_timeout is None else time.monotonic() + max(0.0, wait_timeout)
         waited = False
         while True:
-            with self._locked(exclusive=True) as fd:
-                current, unreadable = self._read(fd)
+            with _locked(self.path, exclusive=True) as fd:
+                current, unreadable = _read(fd)
                 if current is None and not unreadable:
-                    self._write(fd, self._mine(pipeline_run_id, scheduled))
+                    _write(fd, _mine(pipeline_run_id, scheduled))
                     self._log_taken(pipeline_run_id, waited)
                     return
                 if current is not None and current.get("pipeline_run_id") == pipeline_run_id:
-                    self._write(fd, self._mine(pipeline_run_id, scheduled))
+                    _write(fd, _mine(pipeline_run_id, scheduled))
                     return
                 reason = "the lock file is unreadable (its writer died mid-write)" if unreadable \
                     else self._stale_reason(current)
                 if reason:
                     log.warning("%s: taking over the lock of %s: %s", self.outputs_dir,
                                 describe(current) if current else "an unknown holder", reason)
-                    self._write(fd, self._mine(pipeline_run_id, scheduled))
+                    _write(fd, _mine(pipeline_run_id, scheduled))
                     return
             if not wait:
                 raise self._error(current, waited=None)
@@ -116,8 +116,8 @@ class RunLock:
         """Give the lock up, if ``pipeline_run_id`` holds it (otherwise leave it as it is)."""
         if not self.path.exists():
             return
-        with self._locked(exclusive=True) as fd:
-            current, unreadable = self._read(fd)
+        with _locked(self.path, exclusive=True) as fd:
+            current, unreadable = _read(fd)
             if current is None and not unreadable:  # an empty file (none of ours is left empty): tidy up
                 os.unlink(self.path)
                 return
@@ -132,97 +132,13 @@ class RunLock:
         """Who holds the lock now (its JSON), or None when it is free. A stale holder is still returned."""
         if not self.path.exists():
             return None
-        with self._locked(exclusive=False) as fd:
-            current, _ = self._read(fd)
+        with _locked(self.path, exclusive=False) as fd:
+            current, _ = _read(fd)
             return current
 
     def is_stale(self, holder: dict) -> str | None:
         """Why ``holder`` no longer holds the folder, or None when it may still be running."""
         return self._stale_reason(holder)
-
-    # -- inside ---------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[int | None]:
-        """The lock file's descriptor, flock-ed; the very file at ``self.path``, not one removed meanwhile.
-
-        A reader (``exclusive=False``) creates nothing: it gets None when there is no lock file.
-        """
-        flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY
-        while True:
-            try:
-                fd = os.open(self.path, flags | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:
-                if exclusive:
-                    raise
-                yield None
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                try:
-                    now = os.stat(self.path)
-                except FileNotFoundError:
-                    now = None
-                mine = os.fstat(fd)
-                if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
-                    break
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # released and removed while we waited for it: open the new one
-        try:
-            yield fd
-        finally:
-            os.close(fd)  # closing drops the flock
-
-    @staticmethod
-    def _read(fd: int | None) -> tuple[dict | None, bool]:
-        """(holder or None, whether the file held something that is not a holder)."""
-        if fd is None:
-            return None, False
-        chunks = []
-        offset = 0
-        while True:
-            chunk = os.pread(fd, 1 << 16, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-        text = b"".join(chunks).decode("utf-8", errors="replace")
-        if not text.strip():
-            return None, False
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None, True
-        if not isinstance(value, dict) or not value.get("pipeline_run_id"):
-            return None, True
-        return value, False
-
-    @staticmethod
-    def _write(fd: int, holder: dict) -> None:
-        text = (json.dumps(holder, indent=2) + "\n").encode()
-        os.ftruncate(fd, 0)
-        written = 0
-        while written < len(text):
-            written += os.pwrite(fd, text[written:], written)
-        try:
-            os.fsync(fd)
-        except OSError as exc:  # some file systems do not sync; the content is written all the same
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
-
-    @staticmethod
-    def _mine(pipeline_run_id: str, scheduled: bool) -> dict:
-        now = time.time()
-        return {
-            "pipeline_run_id": pipeline_run_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "process_started": _process_start_time(os.getpid()),
-            "since": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
-            "since_epoch": now,
-            "scheduled": bool(scheduled),
-        }
 
     def _stale_reason(self, holder: dict) -> str | None:
         run_id = str(holder.get("pipeline_run_id"))
@@ -269,3 +185,87 @@ class RunLock:
     def _log_taken(self, pipeline_run_id: str, waited: bool) -> None:
         if waited:
             log.info("%s is free: taken by pipeline run %s", self.outputs_dir, pipeline_run_id)
+
+
+# -- the lock file ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[int | None]:
+    """The lock file's descriptor, flock-ed; the very file at ``path``, not one removed meanwhile.
+
+    A reader (``exclusive=False``) creates nothing: it gets None when there is no lock file.
+    """
+    flags = os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            if exclusive:
+                raise
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            mine = os.fstat(fd)
+            if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # released and removed while we waited for it: open the new one
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # closing drops the flock
+
+def _read(fd: int | None) -> tuple[dict | None, bool]:
+    """(holder or None, whether the file held something that is not a holder)."""
+    if fd is None:
+        return None, False
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 16, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    if not text.strip():
+        return None, False
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, True
+    if not isinstance(value, dict) or not value.get("pipeline_run_id"):
+        return None, True
+    return value, False
+
+def _write(fd: int, holder: dict) -> None:
+    text = (json.dumps(holder, indent=2) + "\n").encode()
+    os.ftruncate(fd, 0)
+    written = 0
+    while written < len(text):
+        written += os.pwrite(fd, text[written:], written)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems do not sync; the content is written all the same
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+
+def _mine(pipeline_run_id: str, scheduled: bool) -> dict:
+    now = time.time()
+    return {
+        "pipeline_run_id": pipeline_run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_started": _process_start_time(os.getpid()),
+        "since": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        "since_epoch": now,
+        "scheduled": bool(scheduled),
+    }
+

@@ -182,11 +182,34 @@ def log_datasets(data_path: str | os.PathLike, evaluation: Evaluation | dict | N
         dataset = PandasDataset(frame, source=LocalArtifactDatasetSource(str(path)), targets=None,
                                 name=f"{path.name} ({context}, {_part(spec, context)})", digest=sha256[:DIGEST_LENGTH])
         times = frame[RAW_COLUMNS[0]]
-        mlflow.log_input(dataset, context=context, tags={
+        input_tags = {
             "sha256": sha256, "evaluation": spec.describe(), "rows": str(len(frame)),
-            "from": f"{times.min():%Y-%m-%d %H:%M}" if len(frame) else "", "to": f"{times.max():%Y-%m-%d %H:%M}"
-            if len(frame) else "",
-        })
+            "from": f"{times.min():%Y-%m-%d %H:%M}" if len(frame) else "",
+            "to": f"{times.max():%Y-%m-%d %H:%M}" if len(frame) else "",
+        }
+        _log_input(dataset, context, input_tags)
+
+
+def _log_input(dataset, context: str, input_tags: dict[str, str], attempts: int = 5) -> None:
+    """``mlflow.log_input``, again if a parallel run created the same dataset (name, digest) at that instant.
+
+    Grid points running at once log the same training rows: MLflow's get-or-create of the dataset
+    then races, and the loser's insert fails on the store's unique key; the dataset exists by then.
+    """
+    import time
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.log_input(dataset, context=context, tags=input_tags)
+            return
+        except MlflowException as exc:
+            if attempt == attempts or "unique" not in str(exc).lower():
+                raise
+            log.info("dataset %s was being created by another run; logging it again", dataset.name)
+            time.sleep(0.2 * attempt)
 
 
 def _part(spec: Evaluation, context: str) -> str:

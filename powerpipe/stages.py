@@ -45,6 +45,9 @@ def prepare(options, on_step=None, scheduled: bool = False):
 
         check_tracking_uri(uri, options.scheduler)
     tracking.check_reachable(uri)
+    from .search import check_storage
+
+    check_storage(config, uri, getattr(options, "search_storage", None))  # every search has a home for its study
     steps = build_steps(config)
     run_id = new_pipeline_run_id()
     lock = RunLock(options.outputs)  # one pipeline run at a time per outputs folder

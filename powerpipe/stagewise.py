@@ -23,7 +23,7 @@ from .exceptions import ConfigError
 from .fsutil import atomic_write_text
 from .pipeline import Pipeline, RunOptions, load_and_check
 from .promote import Promotion
-from .recorder import DONE, SETTLED, STATE_DIR, RunRecorder
+from .recorder import DONE, SETTLED, SKIPPED, STATE_DIR, RunRecorder
 from .runlock import RunLock
 from .step_runner import StepRunner
 from .steps import Runtime, build_steps
@@ -72,8 +72,8 @@ def start(options: RunOptions) -> Pipeline:
     return pipeline
 
 
-def resume(outputs: Path, pipeline_run_id: str, with_executor: bool, jobs: int | None = None,
-           on_step=None) -> Pipeline:
+def resume(outputs: Path, pipeline_run_id: str, stage: str | None = None, point: str | None = None,
+           jobs: int | None = None, on_step=None) -> Pipeline:
     """The pipeline run that ``start`` began, as it stands now (its results so far read back)."""
     import mlflow
     from datetime import datetime
@@ -100,11 +100,16 @@ def resume(outputs: Path, pipeline_run_id: str, with_executor: bool, jobs: int |
     recorder = RunRecorder(client, state["experiment_id"], pipeline_run_id, run_dir, source, state["parent_run_id"],
                            datetime.fromisoformat(state["started"]), on_step)
     notebooks = [spec.notebook for spec in config.notebook_specs()]
-    executor = executor_for(options, notebooks, uri, run_dir, source, jobs) if with_executor else None
+    steps = build_steps(config)
+    # Kernels are warmed with what this stage's notebooks import, not every notebook's (TensorFlow for a
+    # linear regression point would cost seconds per task).
+    mine = list(dict.fromkeys(step.notebook for step in steps
+                              if step.stage == stage and point in (None, step.label)))
+    executor = executor_for(options, mine, uri, run_dir, source, jobs) if mine and stage != "promote" else None
     cached_runs = {} if options.force else cache.finished_runs_by_key(client, state["experiment_id"])
     runner = StepRunner(recorder, executor, uri, config.experiment, options.timeout or config.timeout,
                         notebook_hashes(notebooks), cached_runs)
-    pipeline = Pipeline(config, build_steps(config), source, recorder, runner, force_promote=options.force_promote,
+    pipeline = Pipeline(config, steps, source, recorder, runner, force_promote=options.force_promote,
                         options=options)
     pipeline.runtime = Runtime(**state["runtime"])
     pipeline.data_sha256 = state["data_sha256"]
@@ -120,10 +125,8 @@ def run_stage(outputs: Path, pipeline_run_id: str, stage: str, point: str | None
         raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     if point is not None and stage != "train":
         raise ConfigError("--point names a training grid point: use it with --stage train")
-    notebooks = stage != "promote"
     one_notebook = point is not None and not point.endswith(SEARCH_SUFFIX)  # a search runs --jobs trials at once
-    pipeline = resume(outputs, pipeline_run_id, with_executor=notebooks, jobs=1 if one_notebook else None,
-                      on_step=on_step)
+    pipeline = resume(outputs, pipeline_run_id, stage, point, jobs=1 if one_notebook else None, on_step=on_step)
     failed = True
     try:
         failed = not _run(pipeline, stage, point)
@@ -143,11 +146,10 @@ def _run(pipeline: Pipeline, stage: str, point: str | None) -> bool:
         results = pipeline.run_training([point] if point else None)
         return all(r.status in SETTLED for r in results)
     trained = [r for r in pipeline.recorder.results if r.stage == "train" and r.status in DONE]  # trials too
-    if not trained:
-        for name in ("compare", "report"):
-            if stage == name:
-                pipeline.skip(name, "no training run succeeded")
-        return stage == "promote" or not pipeline.of_stage(stage)
+    if not trained:  # skipped, not failed: nothing for a scheduler to retry
+        if stage in ("compare", "report"):
+            pipeline.skip(stage, "no training run succeeded")
+        return True
     pipeline.runtime = dataclasses.replace(pipeline.runtime, run_ids=sorted(r.mlflow_run_id for r in trained))
     if stage == "compare":
         pipeline.run_compare()
@@ -156,12 +158,12 @@ def _run(pipeline: Pipeline, stage: str, point: str | None) -> bool:
     else:
         pipeline.run_report()
     ran = {r.label: r for r in pipeline.recorder.results}
-    return all(ran[s.label].status in DONE for s in pipeline.of_stage(stage) if s.label in ran)
+    return all(ran[s.label].status in (*DONE, SKIPPED) for s in pipeline.of_stage(stage) if s.label in ran)
 
 
 def finish(outputs: Path, pipeline_run_id: str, on_step=None) -> dict:
     """Steps that never ran are skipped; summary.json written; the parent run ended."""
-    pipeline = resume(outputs, pipeline_run_id, with_executor=False, on_step=on_step)
+    pipeline = resume(outputs, pipeline_run_id, on_step=on_step)
     ran = {r.label for r in pipeline.recorder.results}
     ran |= {label.rpartition(TRIAL_INFIX)[0] + SEARCH_SUFFIX for label in ran if TRIAL_INFIX in label}  # searches
     for step in pipeline.steps:

@@ -151,6 +151,7 @@ def study_from_runs(study_name: str, client=None):
     goal, metric = first.get(tags.SEARCH_OBJECTIVE, "minimize rmse").split()
     distributions = {name: optuna.distributions.json_to_distribution(text)
                      for name, text in json.loads(first.get(tags.SEARCH_SPACE, "{}")).items()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" in a notebook
     study = optuna.create_study(study_name=study_name, direction=goal)
     study.set_user_attr("metric", metric)
     for number in sorted(by_number):

@@ -141,6 +141,7 @@ print(json.dumps({{
     "schedule": str(dag.schedule), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
     "params": sorted(dag.params.keys()),
     "tasks": {{t.task_id: {{"retries": t.retries, "backoff": t.retry_exponential_backoff,
+                           "parallel": getattr(t, "max_active_tis_per_dagrun", None),
                            "trigger_rule": str(t.trigger_rule), "upstream": sorted(t.upstream_task_ids)}}
               for t in dag.tasks}},
 }}))
@@ -155,7 +156,7 @@ print(json.dumps({{
     assert list(tasks) == ["start", "process", "train", "compare", "promote", "report", "finish"]
     for name in ("process", "train", "compare", "promote", "report"):
         assert tasks[name]["retries"] == 2 and tasks[name]["backoff"], name
-    assert tasks["train"]["upstream"] == ["process", "start"]
+    assert tasks["train"]["upstream"] == ["process", "start"] and tasks["train"]["parallel"] == 2
     assert tasks["finish"]["trigger_rule"].lower().endswith("all_done") and tasks["finish"]["upstream"] == ["report"]
 
 

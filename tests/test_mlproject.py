@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from powerpipe import data, paths, project_run, tags
+from powerpipe.exceptions import ParameterError
 from powerpipe.parameterize import read_parameters
 
 ROOT = paths.PROJECT_ROOT
@@ -39,10 +40,27 @@ def test_every_model_entry_point_runs_an_existing_notebook_with_its_declared_par
             continue
         notebook = re.search(r"powerpipe\.project_run (\S+\.ipynb)", command).group(1)
         declared = read_parameters(ROOT / notebook)
-        for key in re.findall(r"(\w+)=\{\1\}", command):
+        keys = re.findall(r"(\w+)=\{\1\}", command)
+        for key in keys:
             assert key in declared, f"{name}: {notebook} has no parameter {key}"
-            default = entry["parameters"][key].get("default")
-            assert str(default) == str(declared[key].default), f"{name}.{key}: default differs from the notebook's"
+        # MLflow logs each default as str(default): it must be a value the notebook takes, spelled as the
+        # notebook logs it, else the notebook's own log_params would clash with it.
+        defaults = [f"{key}={entry['parameters'][key]['default']}" for key in keys]
+        values = project_run.parse_values(ROOT / notebook, defaults)
+        project_run.check(ROOT / notebook, values, ("data_path",))
+        project_run.check_logged_texts(values, {key: str(entry["parameters"][key]["default"]) for key in keys})
+
+
+def test_mlproject_defaults_are_the_notebooks_own():
+    """Not needed for a run to work (the default is passed explicitly), but a drift changes what `-e rf`
+    without -P trains: keep MLproject in step when a notebook's defaults change."""
+    for name, entry in mlproject()["entry_points"].items():
+        match = re.search(r"powerpipe\.project_run (\S+\.ipynb)", entry["command"])
+        if not match:
+            continue
+        declared = read_parameters(ROOT / match.group(1))
+        for key in re.findall(r"(\w+)=\{\1\}", entry["command"]):
+            assert str(entry["parameters"][key]["default"]) == str(declared[key].default), f"{name}.{key}"
 
 
 def test_python_env_installs_our_pins():
@@ -59,6 +77,15 @@ def test_values_are_read_as_the_parameters_cell_declares():
     assert values == {"n_estimators": 64, "max_depth": None, "max_features": 0.5}
     assert project_run.parse_values(notebook, ["feature_set=tutorial"]) == {"feature_set": "tutorial"}
     assert project_run._label(notebook, {"n_estimators": 4, "max_depth": 2}) == "model_rf__n_estimators_4__max_depth_2"
+
+
+def test_a_value_spelled_otherwise_than_the_notebook_logs_it_is_refused():
+    values = {"max_depth": None, "max_features": 0.1}
+    project_run.check_logged_texts(values, {"max_depth": "None", "max_features": "0.1", "data": "auto"})
+    with pytest.raises(ParameterError, match="-P max_depth=none: .* write it as -P max_depth=None"):
+        project_run.check_logged_texts(values, {"max_depth": "none"})
+    with pytest.raises(ParameterError, match="write it as -P max_features=0.1"):
+        project_run.check_logged_texts(values, {"max_features": "0.10"})
 
 
 @pytest.mark.parametrize("value, message", [

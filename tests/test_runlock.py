@@ -190,3 +190,88 @@ def test_no_lock_file_means_free_and_reading_creates_nothing(tmp_path):
     assert not (tmp_path / "not-yet").exists()
     RunLock(tmp_path / "not-yet").acquire("first")  # creates the outputs folder
     assert (tmp_path / "not-yet" / runlock.LOCK_NAME).is_file()
+
+
+# -- two real runners on one outputs folder -------------------------------------------------------------
+
+SLOW_PARAMETERS = "data_path: str | None = None\nsleep: float = 0.0"
+SLOW_CELLS = (
+    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
+    "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
+    "time.sleep(sleep)",
+    "model = DummyRegressor(strategy='mean').fit(X_train, y_train)\n"
+    "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
+    "tracking.log_model(model, X_train, flavor='sklearn')",
+)
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A one-notebook pipeline (it sleeps a few seconds, so two runs would overlap) and its data."""
+    import yaml
+
+    from powerpipe import data
+
+    from .conftest import make_notebook
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_notebook(tmp_path / "slow.ipynb", SLOW_PARAMETERS, *SLOW_CELLS)
+    csv = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), tmp_path / "small.csv")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiment": "locking", "root": ".",
+        "stages": {"train": [{"notebook": "slow.ipynb", "parameters": {"sleep": 5.0}}],
+                   "promote": {"metric": "rmse", "model_name": "LockModel"}}}))
+    outputs = tmp_path / "out"
+
+    def start(*extra: str) -> subprocess.Popen:
+        from powerpipe import paths
+
+        command = [sys.executable, str(paths.RUNNER_DIR / "run_all.py"), "--config", str(config), "--data", str(csv),
+                   "--outputs", str(outputs), "--quiet", "--jobs", "1", *extra]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def versions() -> list[str]:
+        import mlflow
+
+        from powerpipe import paths
+
+        client = mlflow.MlflowClient(paths.default_tracking_uri(outputs))
+        return sorted(str(v.version) for v in client.search_model_versions("name = 'LockModel'"))
+
+    return type("TinyProject", (), {"start": staticmethod(start), "outputs": outputs,
+                                    "versions": staticmethod(versions)})
+
+
+@pytest.mark.slow
+def test_two_runners_started_together_one_runs_and_one_refuses(tiny_project):
+    # A lock left behind by a runner that died: taken over by whichever runner comes first.
+    dead = subprocess.run([sys.executable, "-c", f"from powerpipe.runlock import RunLock; "
+                           f"RunLock({str(tiny_project.outputs)!r}).acquire('dead-runner')"], timeout=60)
+    assert dead.returncode == 0
+    runners = [tiny_project.start("--if-running", "fail") for _ in range(2)]
+    results = [(runner.wait(300), *runner.communicate()) for runner in runners]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 75], results
+    _, _, refused = next(r for r in results if r[0] == 75)
+    assert "is in use by pipeline run" in refused and "pid " in refused
+    _, out, err = next(r for r in results if r[0] == 0)
+    assert "dead-runner" in err and "taking over" in err  # the stale lock was recognised
+    assert len(list(tiny_project.outputs.glob("*/summary.json"))) == 1
+    assert tiny_project.versions() == ["1"]  # promoted once
+    assert not (tiny_project.outputs / runlock.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_waiting_runner_runs_after_the_first_and_reuses_its_work(tiny_project):
+    first = tiny_project.start("--if-running", "wait")
+    second = tiny_project.start("--if-running", "wait")
+    results = [(runner.wait(300), *runner.communicate()) for runner in (first, second)]
+    assert [code for code, _, _ in results] == [0, 0], results
+    summaries = sorted((json.loads(p.read_text()) for p in tiny_project.outputs.glob("*/summary.json")),
+                       key=lambda s: s["started"])
+    assert len(summaries) == 2
+    assert summaries[1]["started"] >= summaries[0]["finished"]  # one after the other, never side by side
+    assert [p["status"] for p in summaries[1]["grid_points"]] == ["cached"]
+    assert tiny_project.versions() == ["1"]

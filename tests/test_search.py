@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,12 +31,14 @@ from .conftest import make_notebook
 PARAMETERS = ("data_path: str | None = None\nlevel: float = 0.0\ndepth: int = 1\nmode: str = 'ok'\n"
               "sleep: float = 0.0\nworse_later: bool = False\nlog_model: bool = False")
 CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking, trials",
+    "import time\nimport mlflow\nfrom sklearn.dummy import DummyRegressor\n"
+    "from powerpipe import data, evaluation, modeling, tags, tracking, trials",
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)\nif mode == 'fail':\n    raise RuntimeError(f'failing on purpose at level {level}')\n"
     "if mode == 'hang':\n    time.sleep(600)\nif worse_later:\n"
     "    for epoch in range(3):\n        trials.report(1.0 if trials.current_trial().number == 0 else 5.0 + level, epoch)",
     "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
+    "mlflow.set_tag(tags.EVALUATION, evaluation.Evaluation().to_json())\n"
     "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
     "if log_model:\n    tracking.log_model(model, X_train, flavor='sklearn')",
 )
@@ -56,12 +59,13 @@ def project(tmp_path, monkeypatch):
         storage = f"sqlite:///{tmp_path / 'out' / search.STORAGE_NAME}"
 
         def config(self, block: dict, parameters: dict | None = None, promote: bool = True,
-                   timeout: float | None = None) -> Path:
-            entry = {"notebook": "fake.ipynb", "search": block, **({"parameters": parameters} if parameters else {})}
+                   timeout: float | None = None, notebook: str = "fake.ipynb", more: dict | None = None) -> Path:
+            entry = {"notebook": notebook, "search": block, **({"parameters": parameters} if parameters else {})}
             stages = {"train": [entry]}
             if promote:
                 stages["promote"] = {"metric": "rmse", "model_name": "FakeModel"}
-            body = {"experiment": "search", "root": ".", "stages": stages, **({"timeout": timeout} if timeout else {})}
+            body = {"experiment": "search", "root": ".", "stages": stages, **({"timeout": timeout} if timeout else {}),
+                    **(more or {})}
             path = tmp_path / "pipeline.yaml"
             path.write_text(yaml.safe_dump(body, sort_keys=False))
             return path
@@ -169,6 +173,14 @@ def test_cli_refuses_a_bad_space_with_exit_2_and_runs_nothing(project, capsys):
     assert not project.outputs.exists()
 
 
+def test_cli_refuses_a_search_without_a_storage_for_a_tracking_server(project, capsys, monkeypatch):
+    monkeypatch.setattr("powerpipe.tracking.check_reachable", lambda uri, timeout=5.0: None)
+    path = project.config({"n_trials": 5, "space": SPACE})
+    assert cli.main(project.args(path, "--tracking-uri", "http://127.0.0.1:9")) == cli.EXIT_USAGE
+    assert "stages.train[0].search: a search keeps its study in a database" in capsys.readouterr().err
+    assert not project.outputs.exists()
+
+
 def test_storage_defaults_beside_a_sqlite_store_else_must_be_given(tmp_path):
     spec = search.SearchSpec((search.Dimension("x", "float", 0.0, 1.0),), n_trials=3)
     assert search.storage_url(spec, f"sqlite:///{tmp_path}/store/mlflow.db") == f"sqlite:///{tmp_path}/store/optuna.db"
@@ -244,6 +256,10 @@ def test_search_runs_trials_two_at_once_promotes_the_best_and_is_reused(project)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two at once
     study = project.study(entry["study"])
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    from dashboard import runs as dashboard_runs
+
+    (row,) = dashboard_runs.pipeline_runs(project.client(), model_name="FakeModel")
+    assert row.trials == 5  # the dashboard's runs page counts them
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {p["mlflow_run_id"] for p in found}
 
     started = time.monotonic()
@@ -394,6 +410,50 @@ def test_keras_pruning_callback_reports_to_the_trial(tmp_path, monkeypatch):
     with pytest.raises(optuna.TrialPruned):
         callback.on_epoch_end(1, {"val_loss": 3.0})
     assert study.trials[1].intermediate_values == {0: 0.9, 1: 3.0}
+
+
+@pytest.mark.slow
+def test_compare_notebook_and_weekly_report_show_the_search(project):
+    path = project.config({"sampler": "random", "n_trials": 3, "seed": 0, "space": SPACE},
+                          parameters={"log_model": True})
+    body = yaml.safe_load(path.read_text())
+    body["stages"]["compare"] = {"notebook": str(paths.NOTEBOOKS_DIR / "compare_runs.ipynb")}
+    body["stages"]["report"] = {"notebook": str(paths.REPORT_TEMPLATES_DIR / "weekly_report.ipynb")}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    code, summary = project.run(path, "--jobs", "2")
+    assert code == 0 and summary["status"] == "ok", summary
+    run_dir = project.outputs / summary["pipeline_run_id"]
+    study = summary["searches"][0]["study"]
+    compare = next(p for p in summary["grid_points"] if p["stage"] == "compare")
+    html = (run_dir / compare["output_notebook"]).with_suffix(".html").read_text()
+    assert f"Search <code>{study}</code>" in html and "Optimisation history" in html and "Parameter importances" in html
+    artifacts = {a.path for a in project.client().list_artifacts(compare["mlflow_run_id"])}
+    assert f"search_{study}_history.html" in artifacts
+    report = (run_dir / summary["report"]).read_text()
+    assert "How this model was found" in report and "Optimisation history" in report
+    assert not re.search(r"<script[^>]+src=[\"']https?:", report)  # offline: plotly.js inline, nothing fetched
+
+
+@pytest.mark.slow
+def test_the_keras_notebook_reports_val_loss_and_a_hopeless_trial_is_pruned(project):
+    """The real Keras notebook, 3 epochs on small synthetic data: the second trial (learning rate 1e-9)
+    is worse than the first after its first epoch and is pruned there; the first reported every epoch."""
+    csv = data.write_processed(data.synthetic_frame("2015-09-01", "2016-02-29 23:00"), project.root / "keras.csv")
+    project.data_path = csv
+    block = {"sampler": "grid", "n_trials": 2, "seed": 1, "pruner": {"name": "median", "n_startup_trials": 1},
+             "space": {"learning_rate": {"categorical": [0.01, 1e-9]}}}  # seed 1 orders the grid 0.01 first
+    path = project.config(block, parameters={"epochs": 3, "batch_size": 256}, promote=False,
+                          notebook=str(paths.NOTEBOOKS_DIR / "model_keras.ipynb"),
+                          more={"evaluation": {"split": "time", "test_start": "2016-02-01", "folds": 0}})
+    code, summary = project.run(path, "--jobs", "1")
+    assert code == 0 and summary["status"] == "ok", summary
+    by_rate = {p["parameters"]["learning_rate"]: p for p in trials_of(summary)}
+    assert by_rate[0.01]["status"] == "ok" and by_rate[1e-9]["status"] == "pruned"
+    study = {t.params["learning_rate"]: t for t in project.study(summary["searches"][0]["study"]).trials}
+    assert sorted(study[0.01].intermediate_values) == [0, 1, 2]  # val_loss after each epoch
+    assert study[1e-9].state.name == "PRUNED" and list(study[1e-9].intermediate_values) == [0]
+    run = project.client().get_run(by_rate[1e-9]["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags[tags.SEARCH_PRUNED] == "true"
 
 
 # -- on a Dask cluster with an MLflow tracking server ------------------------------------------------
