@@ -60,6 +60,7 @@ KINDS = ("int", "float", "categorical")
 STORAGE_NAME = "optuna.db"  # the default storage, beside a SQLite tracking store
 # Trial user attributes: who asked it, what it retries, its MLflow run, its result.
 RUNNER_ATTR, RETRY_ATTR, RUN_ATTR, STATUS_ATTR, ERROR_ATTR = "runner", "retry_of", "mlflow_run_id", "status", "error"
+DEFAULTS_ATTR = "notebook_defaults"  # the first trial of a new study: the notebook's own defaults
 GIVE_UP_AFTER = 5  # this many failed trials and none completed: the notebook cannot run; the search stops
 POLL_SECONDS = 0.2
 
@@ -137,6 +138,13 @@ class Dimension:
             return None
         count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return [round(self.low + i * self.step, 12) for i in range(count)]
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "categorical":
+            return any(value == choice and type(value) is type(choice) for choice in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.step is None or ((value - self.low) / self.step).is_integer())
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -221,6 +229,14 @@ class SearchSpec:
     def describe(self) -> str:
         return f"{self.sampler}, {self.n_trials} trials: " + ", ".join(d.describe() for d in self.space)
 
+    def defaults(self, notebook: Path) -> dict:
+        """The notebook's own defaults of the searched parameters that lie in the space: a new study's
+        first trial (not the grid sampler's), so that a search never ends worse than the notebook as it is."""
+        if self.sampler == "grid":
+            return {}
+        declared = read_parameters(notebook)
+        return {d.name: declared[d.name].default for d in self.space if d.contains(declared[d.name].default)}
+
     def identity(self) -> dict:
         """What makes one study (n_trials, timeout and storage do not: more trials extend it)."""
         return {"sampler": self.sampler, "seed": self.seed, "pruner": self.pruner,
@@ -244,7 +260,7 @@ class SearchSpec:
         seed = None if self.seed is None else self.seed + offset
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=parallel)
 
 
 def _GridSampler():
@@ -331,7 +347,8 @@ class SearchStudy:
     """One search's Optuna study in its storage: found or created, cleaned up after a runner that died,
     asked for trials and told their results (by one thread, the search's)."""
 
-    def __init__(self, spec: SearchSpec, url: str, base_name: str, goal: str, force: bool, parallel: bool):
+    def __init__(self, spec: SearchSpec, url: str, base_name: str, goal: str, force: bool, parallel: bool,
+                 first: dict | None = None):
         import optuna
 
         optuna.logging.disable_default_handler()  # its messages go where ours go (the CLI's), warnings only
@@ -343,6 +360,8 @@ class SearchStudy:
         self.study = optuna.create_study(storage=storage, study_name=self.name, direction=goal, load_if_exists=True,
                                          pruner=trials.make_pruner(spec.pruner))
         self.recover()
+        if first and not self.study.get_trials(deepcopy=False):  # a new study: the notebook's defaults first
+            self.study.enqueue_trial(first, user_attrs={DEFAULTS_ATTR: True})
         self.study.sampler = spec.make_sampler(len(self.study.get_trials(deepcopy=False)), parallel)
         self.distributions = spec.distributions()
         self.tally = self.count()
@@ -436,7 +455,7 @@ class SearchRunner:
         key = pipeline.runner.cache_key(dataclasses.replace(self.step, shown=identity), pipeline.runtime,
                                         pipeline.data_sha256)
         return SearchStudy(self.spec, url, f"{self.base}-{key[:12]}", self.goal, pipeline.options.force,
-                           parallel=self.jobs > 1)
+                           parallel=self.jobs > 1, first=self.spec.defaults(self.step.notebook))
 
     def loop(self, study: SearchStudy) -> list[StepResult]:
         deadline = time.monotonic() + self.spec.timeout if self.spec.timeout else None

@@ -197,6 +197,12 @@ def dataclass_replace(spec, **changes):
     return dataclasses.replace(spec, **changes)
 
 
+def test_a_new_study_starts_from_the_notebooks_defaults_that_lie_in_its_space(project):
+    cfg = config.load_config(project.config({"n_trials": 5, "space": {
+        "level": {"float": [0.0, 30.0]}, "depth": {"int": [2, 8]}, "mode": {"categorical": ["ok", "fail"]}}}))
+    assert cfg.train[0].search.defaults(cfg.train[0].notebook) == {"level": 0.0, "mode": "ok"}  # depth 1: outside
+
+
 def test_study_names_and_generations():
     assert search._study_name([], "fake-abc", force=False) == "fake-abc"
     assert search._study_name(["fake-abc"], "fake-abc", force=False) == "fake-abc"
@@ -321,7 +327,7 @@ def test_sigkill_mid_search_then_resume_to_exactly_n_trials(project):
     import optuna
 
     path = project.config({"sampler": "random", "n_trials": 6, "seed": 0, "space": SPACE},
-                          parameters={"sleep": 2.0}, promote=False)
+                          parameters={"sleep": 1.0}, promote=False)
     command = [sys.executable, "-c", "import sys; from powerpipe import cli; sys.exit(cli.main(sys.argv[1:]))",
                *project.args(path), "--jobs", "2"]
     process = subprocess.Popen(command, cwd=paths.PROJECT_ROOT, start_new_session=True,

@@ -211,3 +211,29 @@ def test_training_run_records_lineage_evaluation_and_backtest(store, frame, tmp_
         [(int(f), round(v, 9)) for f, v in zip(table["fold"], table["r2"])]
     logged = serving.load_table(client, run.info.run_id, serving.BACKTEST_ARTIFACT)
     assert list(logged["fold"]) == list(table["fold"]) == [1]  # the data ends with the first quarter of 2016
+
+
+def test_dataset_logged_again_when_a_parallel_run_created_it(monkeypatch):
+    """Grid points running at once create the same dataset; the loser of that race logs it again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def log_input(dataset, context=None, tags=None):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, ...")
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    dataset = type("Dataset", (), {"name": "germany.csv (training, before 2016-01-01)"})()
+    serving._log_input(dataset, "training", {})
+    assert calls == ["training", "training"]
+
+    def broken(dataset, context=None, tags=None):
+        raise MlflowException("the store is read-only")
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    with pytest.raises(MlflowException, match="read-only"):
+        serving._log_input(dataset, "training", {})
