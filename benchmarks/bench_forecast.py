@@ -36,7 +36,7 @@ def models(only: set[str]):
         if "linreg" in only:
             out.append(("linear regression", feature_set, lambda: LinearRegression()))
         if "rf" in only:
-            trees, max_features = (64, 1.0) if feature_set == "tutorial" else (25, 0.33)
+            trees, max_features = (64, 1.0) if feature_set == "tutorial" else (9, 0.33)
             out.append((f"random forest {trees} trees, depth 10, max_features {max_features}", feature_set,
                         lambda t=trees, mf=max_features: RandomForestRegressor(t, max_depth=10, max_features=mf,
                                                                                random_state=42)))

@@ -16,7 +16,8 @@ split (test from 2016-01-01; no backtest: the objective is the holdout score):
    <= 0.5 s);
 4. trials per minute with 1 job and with ``--jobs`` (the same random-sampler trials, seed 0)
    (target: 2 jobs >= 1.7x);
-5. the search run again, unchanged (target: <= 5 % of its first run's time).
+5. the search run again, unchanged, as ``run_all.py`` in a new process (target: <= 5 % of its first
+   run's time).
 
 Prints one markdown table (what docs/search.md shows). The data is read where it lies, never copied.
 """
@@ -78,6 +79,18 @@ def run(config: Path, data: Path, outputs: Path, jobs: int) -> tuple[dict, float
     started = time.perf_counter()
     summary = run_pipeline(RunOptions(config=config, data=str(data), outputs=outputs, jobs=jobs, progress=False))
     return summary, time.perf_counter() - started
+
+
+def rerun(config: Path, data: Path, outputs: Path, jobs: int) -> tuple[dict, float]:
+    """The search run again as a user would: a new ``run_all.py`` process (start-up and imports included)."""
+    import subprocess
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "runner" / "run_all.py"), "--config", str(config), "--data", str(data),
+                    "--outputs", str(outputs), "--jobs", str(jobs), "--quiet"], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    summary = json.loads(max(outputs.glob("*/summary.json"), key=lambda p: p.parent.name).read_text())
+    return summary, seconds
 
 
 def best_rmse(summary: dict) -> float:
@@ -161,7 +174,7 @@ def main() -> int:
         tpe, t_tpe = run(tpe_config, args.data, base / "tpe", args.jobs)
         print(f"TPE search, {args.trials} trials: best rmse {best_rmse(tpe):.4f}, {t_tpe:.0f} s", flush=True)
         costs = fixed_costs(tpe, base / "tpe")
-        again, t_again = run(tpe_config, args.data, base / "tpe", args.jobs)
+        again, t_again = rerun(tpe_config, args.data, base / "tpe", args.jobs)
         assert all(p["status"] == "cached" for p in again["grid_points"] if p.get("trial")), "rerun ran trials"
         per_minute = {}
         for jobs in (1, args.jobs):
@@ -189,7 +202,8 @@ def main() -> int:
              f"{per_minute[1][0]:.2f} vs {per_minute[args.jobs][0]:.2f}, "
              f"{per_minute[args.jobs][0] / per_minute[1][0]:.2f}x)",
              f">= 1.7x: {'yes' if per_minute[args.jobs][1] / per_minute[1][1] >= 1.7 else 'NO'}"),
-            ("rerun of the finished search", f"{t_again:.1f} s = {100 * t_again / t_tpe:.1f} % of its first run",
+            ("rerun of the finished search (run_all.py, a new process)",
+             f"{t_again:.1f} s = {100 * t_again / t_tpe:.1f} % of its first run",
              f"<= 5 %: {'yes' if t_again <= 0.05 * t_tpe else 'NO'}"),
         ]
         best = tpe["searches"][0]

@@ -100,6 +100,8 @@ def model_card(model: ServingModel, cache: ProductionModelCache) -> list:
         "chosen on": f"{model.promoted_metric} = {_tag_number(model.promoted_value)}"
         if model.promoted_metric and model.promoted_value else "unknown",
         "previous version": model.previous_version or "none",
+        "evaluated on": model.evaluation or "not recorded (the tutorial's random split)",
+        "features": model.feature_set or "the four weather columns",
         "training run": f"{model.run_name} ({model.run_id})",
     }
     card = [
@@ -109,7 +111,7 @@ def model_card(model: ServingModel, cache: ProductionModelCache) -> list:
                       target="_blank")),
         html.Div(className="columns", children=[
             html.Div([html.H4("Parameters"), _key_value_table(model.params, "model-params")]),
-            html.Div([html.H4("Metrics (test split)"), metrics_table(model.metrics)]),
+            html.Div([html.H4(f"Metrics ({model.evaluation or 'test split'})"), metrics_table(model.metrics)]),
         ]),
         html.P(className="data-note", id="data-note", children=[
             "Data shown: ", html.Code(str(shown.path)), f", {shown.origin}; {len(model.frame):,} hours, "

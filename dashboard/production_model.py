@@ -19,6 +19,7 @@ import pandas as pd
 
 from powerpipe import data as data_module
 from powerpipe import tags, tracking
+from powerpipe.evaluation import describe_tag
 from powerpipe.exceptions import NoProductionModel, StoreUnreachableError, TrackingError
 
 from .artifacts import notebook_html_artifact
@@ -48,6 +49,8 @@ class ServingModel:
     promoted_value: str
     pipeline_run_id: str
     previous_version: str
+    evaluation: str  # how its metrics were scored ("time split, test from 2016-01-01, …"), "" if unrecorded
+    feature_set: str
     shown_data: ShownData
     frame: pd.DataFrame
     predictions: pd.DataFrame
@@ -66,7 +69,7 @@ def load_serving_model(client, uri: str, name: str, alias: str, version: str) ->
     """Load ``name`` version ``version``, its data, and predict on all of it once."""
     import mlflow
 
-    from powerpipe.figures import predict_frame
+    from powerpipe.serving import predict_frame
 
     model_version = client.get_model_version(name, version)
     run = client.get_run(model_version.run_id)
@@ -90,7 +93,9 @@ def load_serving_model(client, uri: str, name: str, alias: str, version: str) ->
         promoted_at=version_tags.get(tags.PROMOTED_AT, ""), promoted_metric=version_tags.get(tags.METRIC, ""),
         promoted_value=version_tags.get(tags.METRIC_VALUE, ""),
         pipeline_run_id=version_tags.get(tags.PIPELINE_RUN_ID, ""),
-        previous_version=version_tags.get(tags.PREVIOUS_VERSION, ""), shown_data=shown, frame=frame,
+        previous_version=version_tags.get(tags.PREVIOUS_VERSION, ""),
+        evaluation=describe_tag(run.data.tags.get(tags.EVALUATION)), feature_set=run.data.tags.get(tags.FEATURE_SET, ""),
+        shown_data=shown, frame=frame,
         predictions=predictions,
     )
 

@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(__file__).parent
 # Code that runs inside every kernel whatever the notebook imports: warm-up, preamble, reset.
 KERNEL_CODE = ("kernels",)
 MAIN_PACKAGES = ("papermill", "nbclient", "ipykernel", "mlflow", "scikit-learn", "tensorflow", "keras",
-                 "pandas", "numpy", "matplotlib", "plotly", "scrapbook")
+                 "pandas", "numpy", "matplotlib", "plotly", "scrapbook", "pvlib")
 
 
 @lru_cache(maxsize=1)

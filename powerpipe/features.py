@@ -1,9 +1,15 @@
 """Features a forecaster has at forecast time, computed from the raw schema only.
 
 The raw schema is what a served model takes: ``utc_timestamp`` plus the four weather columns
-(``windspeed, temperature, rad_horizontal, rad_diffuse``). Nothing here reads, or can read, the
-generation columns: every function selects ``RAW_COLUMNS`` first (``tests/test_features.py`` proves
-that changing the targets leaves every feature unchanged).
+(``windspeed, temperature, rad_horizontal, rad_diffuse``). Nothing here reads the generation
+columns: ``build`` takes only those raw columns from its input (``tests/test_features.py`` proves that
+changing the targets leaves every feature unchanged).
+
+This is the pipeline's features stage. It runs inside each model rather than as a notebook of its own:
+``FeatureBuilder`` is the first step of every scikit-learn model (``modeling.make_model``) and the
+Keras wrapper applies it before the net (``serving.FeatureModel``), so training, the holdout, the
+backtest, ``mlflow models serve``, the dashboard and the report compute the same features with the
+same code from the same columns, and cannot skew.
 
 Feature sets (the notebooks' ``feature_set`` parameter):
 

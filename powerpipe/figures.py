@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .data import FEATURES, TARGETS
+from .data import TARGETS
 
 YEAR_COLOURS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
-
-
-def predict_frame(model, frame: pd.DataFrame) -> pd.DataFrame:
-    """Predictions of ``model`` (anything with ``predict``) for the rows of ``frame``, target-named."""
-    from .modeling import predictions_frame
-
-    if frame.empty:
-        return pd.DataFrame(columns=TARGETS, index=frame.index, dtype="float64")
-    return predictions_frame(model.predict(frame[FEATURES]), index=frame.index)
 
 
 def report_window(frame: pd.DataFrame, week_start: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:

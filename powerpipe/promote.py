@@ -83,20 +83,28 @@ def load_version(client, name: str, version: str):
                                                                          tracking_uri=client.tracking_uri))
 
 
-def evaluate_version(client, name: str, version: str, data_path: Path, metric: str,
-                     evaluation: dict | None = None) -> float:
+# What a run that says nothing of its split was scored on: the tutorial's shuffled split of hours.
+TUTORIAL_SPLIT = {"split": "random", "test_size": 0.2, "random_state": 42}
+
+
+def challenger_evaluation(client, run_id: str, declared: dict | None) -> dict:
+    """The split the challenger was scored on: the pipeline's declared one, else its run's tag, else the tutorial's."""
+    if declared is not None:
+        return declared
+    from .evaluation import from_tag
+
+    tagged = from_tag(client.get_run(run_id).data.tags.get(tags.EVALUATION))
+    return tagged.as_dict() if tagged is not None else TUTORIAL_SPLIT
+
+
+def evaluate_version(client, name: str, version: str, data_path: Path, metric: str, evaluation: dict) -> float:
     """The registered model's ``metric`` on the test rows of ``data_path`` under ``evaluation`` (the
-    challenger's split), or the tutorial's random split when the pipeline declares none."""
+    challenger's split), fed the raw schema every logged model takes."""
     from . import data, modeling
+    from .evaluation import holdout
 
     model = load_version(client, name, version)
-    frame = data.load_processed(data_path)
-    if evaluation is None:
-        _, X_test, _, y_test = modeling.split(frame)
-    else:
-        from .evaluation import holdout
-
-        _, X_test, _, y_test = holdout(frame, evaluation)
+    _, X_test, _, y_test = holdout(data.load_processed(data_path), evaluation)
     return modeling.evaluate(y_test, modeling.predictions_frame(model.predict(X_test)).to_numpy())[metric]
 
 
@@ -127,10 +135,11 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
             log.info("best run %s was already compared with @%s version %s and kept out: nothing new to "
                      "promote", best.run_id, spec.alias, current.version)
             return None
-        _say_if_other_evaluation(client, current, spec.alias, evaluation)
+        split = challenger_evaluation(client, best.run_id, evaluation)
+        _say_if_other_evaluation(client, current, spec.alias, split)
         try:
             previous_value = evaluate_version(client, spec.model_name, current.version, data_path, spec.metric,
-                                              evaluation)
+                                              split)
         except Exception as exc:  # noqa: BLE001 - boundary: a production model that cannot even be loaded is replaced
             log.warning("could not evaluate @%s version %s (%s: %s): it will be replaced", spec.alias,
                         current.version, type(exc).__name__, exc)
@@ -172,15 +181,18 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
     return Promotion(spec.model_name, str(version), best.run_id, spec.metric, value)
 
 
-def _say_if_other_evaluation(client, current, alias: str, evaluation: dict | None) -> None:
+def _say_if_other_evaluation(client, current, alias: str, evaluation: dict) -> None:
     """The holder is re-scored on the challenger's split; say so when it was chosen on another."""
     import json
 
-    recorded = client.get_run(current.run_id).data.tags.get(getattr(tags, "EVALUATION", ""), "") if current.run_id else ""
-    wanted = json.dumps(evaluation, sort_keys=True) if evaluation else ""
-    if recorded and wanted and recorded != wanted:
-        log.info("@%s version %s was evaluated on %s; it is compared on the new runs' evaluation %s",
-                 alias, current.version, recorded, wanted)
+    from .evaluation import describe_tag, from_tag
+
+    recorded = client.get_run(current.run_id).data.tags.get(tags.EVALUATION, "") if current.run_id else ""
+    holder_split = from_tag(recorded)
+    if holder_split is None or holder_split.as_dict() != evaluation:
+        log.warning("@%s version %s was scored on %s; it is re-scored on the challenger's %s to compare them",
+                    alias, current.version, describe_tag(recorded) or "an unrecorded split",
+                    describe_tag(json.dumps(evaluation)))
 
 
 def _register(client, run_id: str, name: str) -> str:

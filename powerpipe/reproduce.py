@@ -90,7 +90,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
         output = Path(outputs).resolve() / "reproductions" / run_id / f"{run.info.run_name}.ipynb"
         task = NotebookTask(
             notebook=notebook, stage="reproduce", label=f"reproduce {run.info.run_name}", output_notebook=str(output),
-            parameters={**parameters, "data_path": str(path)}, shown=parameters,
+            parameters={**parameters, **_runtime(recorded_tags, notebook), "data_path": str(path)}, shown=parameters,
             tags={
                 # What the original ran (its notebook and parameters), then what this run is.
                 **{name: recorded_tags.get(name, "") for name in (tags.NOTEBOOK, tags.NOTEBOOK_SHA256, tags.PARAMETERS)},
@@ -110,3 +110,11 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, outputs: Path = 
     client.set_tag(outcome.run_id, tags.METRICS_MATCH, tags.flag(not mismatched and outcome.ok))
     return Reproduction(run_id, outcome.run_id, notebook_name, output, recorded, outcome.metrics,
                         error=outcome.error, mismatched=mismatched)
+
+
+def _runtime(recorded_tags: dict, notebook: str) -> dict:
+    """The runner's own parameters the original got besides its data: its evaluation (split and backtest)."""
+    from .parameterize import read_parameters
+
+    evaluation = recorded_tags.get(tags.EVALUATION)
+    return {"evaluation": json.loads(evaluation)} if evaluation and "evaluation" in read_parameters(notebook) else {}

@@ -183,7 +183,8 @@ class SearchSpec:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise _fail(f"{where}.seed", f"must be a whole number, got {seed!r}")
         if storage is not None and (not isinstance(storage, str) or "://" not in storage):
-            raise _fail(f"{where}.storage", f"must be a database URL such as sqlite:////path/optuna.db, got {storage!r}")
+            raise _fail(f"{where}.storage", f"must be a database URL such as sqlite:////path/optuna.db, "
+                                            f"got {storage!r}")
         if not isinstance(space, dict) or not space:
             raise _fail(f"{where}.space", "must map each searched parameter to its range, e.g. "
                                           "{n_estimators: {int: [8, 512]}}")
@@ -211,9 +212,9 @@ class SearchSpec:
                 continue
             parameter = declared[dim.name]
             if not (parameter.accepts(dim.low) and parameter.accepts(dim.high)):
+                article = "an" if dim.kind == "int" else "a"
                 raise ParameterError(f"{key}: parameter '{dim.name}' of notebook {notebook} takes "
-                                     f"{parameter.type_name}, but the space gives it {'an' if dim.kind == 'int' else 'a'} "
-                                     f"{dim.kind} range "
+                                     f"{parameter.type_name}, but the space gives it {article} {dim.kind} range "
                                      f"[{dim.low:g}, {dim.high:g}]")
 
     @property

@@ -1,10 +1,10 @@
 """The pipeline rendered once: every notebook execution, in order, built from the config.
 
 ``build_steps`` turns a ``PipelineConfig`` into ``Step``s (the process notebook, one step per
-training grid point, one per search, compare, report). A search's step stands for all its trials
-until it runs (``--dry-run`` shows it as one line); ``powerpipe.search`` runs each trial as a copy
-of it with the trial's label, parameters, tags and environment. ``--dry-run`` prints them with placeholder runtime values;
-a run executes the very same steps with the values it learns as it goes (``Runtime``). The runner's
+training grid point, one per search, compare, report). ``--dry-run`` prints them with placeholder
+runtime values; a run executes the very same steps with the values it learns as it goes (``Runtime``).
+A search's step stands for all its trials (``--dry-run``: one line); ``powerpipe.search`` runs each
+trial as a copy of it with the trial's label, parameters, tags and environment. The runner's
 own parameter names are declared once, in ``config.RUNTIME_PARAMETERS``; ``Runtime`` has a field of
 each name.
 """

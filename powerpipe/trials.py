@@ -50,10 +50,28 @@ def open_storage(url: str):
             from pathlib import Path
 
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            _storages[url] = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            _write_ahead_log(storage.engine)
+            _storages[url] = storage
         else:
             _storages[url] = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     return _storages[url]
+
+
+def _write_ahead_log(engine) -> None:
+    """SQLite in write-ahead-log mode, synced at checkpoints: the runner's and kernels' many small
+    writes (ask, tell, a report per epoch) take a millisecond each instead of a journal sync each
+    (a crash loses at most the last ones, which a resumed search runs again)."""
+    import sqlalchemy
+
+    def pragmas(connection, record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", pragmas)
+    engine.dispose()  # the connection made while creating the tables reconnects with them
 
 
 def make_pruner(settings: dict | None):

@@ -211,7 +211,7 @@ def fake_loader(loaded: list):
         loaded.append(version)
         return production_model.ServingModel(
             name, alias, version, "run", "run name", "nb.ipynb", "notebook/run name.html", {}, {}, "", "", "", "", "",
-            shown_data.ShownData(Path("x.csv"), "test", False, None), pd.DataFrame(), pd.DataFrame())
+            "", "", shown_data.ShownData(Path("x.csv"), "test", False, None), pd.DataFrame(), pd.DataFrame())
     return load
 
 

@@ -18,18 +18,23 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    return data.write_processed(data.synthetic_frame("2015-01-01", "2015-03-31 23:00"), folder / "small.csv")
+    return data.write_processed(data.synthetic_frame("2015-11-01", "2016-02-29 23:00"), folder / "small.csv")
+
+
+# The time split with a short backtest that fits the small data: two monthly folds from 2016.
+EVALUATION = {"split": "time", "test_start": "2016-01-01", "folds": 2, "fold_length": "month"}
 
 
 @pytest.mark.parametrize("notebook, parameters", [
     ("model_linreg.ipynb", {}),
     ("model_rf.ipynb", {"n_estimators": 5, "max_depth": 6}),
     ("model_keras.ipynb", {"epochs": 2, "batch_size": 256}),
+    ("model_gbr.ipynb", {"max_iter": 20}),
 ])
 def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_data, tracking_uri, notebook,
                                                                 parameters):
     source = paths.NOTEBOOKS_DIR / notebook
-    parameters = {**parameters, "data_path": str(small_data)}
+    parameters = {**parameters, "data_path": str(small_data), "evaluation": EVALUATION}
     env = {"MLFLOW_TRACKING_URI": tracking_uri, **kernels.thread_caps(1)}
     fresh = execute(source, tmp_path / "fresh.ipynb", parameters, env=env, render=False)
     assert fresh.ok, fresh.error
@@ -38,7 +43,8 @@ def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_
     try:
         # Another notebook first, so that the one compared runs on a kernel that has been used and reset.
         other = execute(paths.NOTEBOOKS_DIR / "model_linreg.ipynb", tmp_path / "other.ipynb",
-                        {"data_path": str(small_data)}, env=env, render=False, kernel=warm)
+                        {"data_path": str(small_data), "evaluation": EVALUATION}, env=env, render=False,
+                        kernel=warm)
         assert other.ok and other.kernel_reusable
         reused = execute(source, tmp_path / "reused.ipynb", parameters, env=env, render=False, kernel=warm)
     finally:

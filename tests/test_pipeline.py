@@ -9,8 +9,9 @@ import mlflow
 import nbformat
 import pytest
 
-from powerpipe import data, paths, tags
+from powerpipe import data, features, paths, tags
 from powerpipe.config import load_config
+from powerpipe.steps import build_steps
 
 pytestmark = pytest.mark.slow
 
@@ -47,15 +48,11 @@ def test_exit_code_and_summary_shape(smoke_run, summary):
 
 def test_executed_notebooks_have_outputs_in_a_browsable_layout(smoke_run, summary):
     run_dir = smoke_run["run_dir"]
-    expected = {
-        "process/make_processed_data.ipynb",
-        "train/model_linreg/model_linreg.ipynb",
-        "train/model_rf/model_rf__n_estimators_2__max_depth_2.ipynb",
-        "train/model_rf/model_rf__n_estimators_2__max_depth_4.ipynb",
-        "train/model_keras/model_keras__batch_size_512.ipynb",
-        "compare/compare_runs.ipynb",
-        "report/weekly_report.ipynb",
-    }
+    # One executed notebook per step, each under its stage (training ones under their notebook's name).
+    steps = build_steps(load_config(paths.SMOKE_CONFIG))
+    expected = {f"{step.folder}/{step.label}.ipynb" for step in steps}
+    assert {"process/make_processed_data.ipynb", "train/model_rf/model_rf__n_estimators_2__max_depth_4.ipynb",
+            "compare/compare_runs.ipynb", "report/weekly_report.ipynb"} <= expected
     assert {p["output_notebook"] for p in summary["grid_points"]} == expected
     for relative in expected:
         nb = nbformat.read(run_dir / relative, as_version=4)
@@ -107,7 +104,7 @@ def test_best_run_by_rmse_has_the_production_alias(smoke_run, summary, client):
     mlflow.set_tracking_uri(smoke_run["tracking_uri"])
     model = mlflow.pyfunc.load_model("models:/BestModel@production")
     frame = data.load_processed(smoke_run["run_dir"] / "data" / "germany.csv").head(3)
-    assert model.predict(frame[data.FEATURES]).shape == (3, 2)
+    assert model.predict(features.raw_input(frame)).shape == (3, 2)  # the raw schema: timestamp + weather
 
 
 def test_report_is_standalone_html_without_code(smoke_run, summary, client):

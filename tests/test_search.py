@@ -36,7 +36,8 @@ CELLS = (
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)\nif mode == 'fail':\n    raise RuntimeError(f'failing on purpose at level {level}')\n"
     "if mode == 'hang':\n    time.sleep(600)\nif worse_later:\n"
-    "    for epoch in range(3):\n        trials.report(1.0 if trials.current_trial().number == 0 else 5.0 + level, epoch)",
+    "    worse = trials.current_trial().number > 0\n"
+    "    for epoch in range(3):\n        trials.report(5.0 + level if worse else 1.0, epoch)",
     "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
     "mlflow.set_tag(tags.EVALUATION, evaluation.Evaluation().to_json())\n"
     "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
