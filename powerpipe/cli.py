@@ -273,7 +273,7 @@ def dry_run(config_path: Path) -> int:
     for step, parameters in steps:
         params = ", ".join(f"{k}={v!r}" for k, v in parameters.items())
         print(f"{step.stage:8} {_display_path(step.notebook)}  {params}")
-    print(f"{len(steps)} notebook executions planned; nothing was run.")
+    print(f"{sum(step.executions for step, _ in steps)} notebook executions planned; nothing was run.")
     return EXIT_OK
 
 

@@ -137,7 +137,7 @@ def resolve(evaluation: "Evaluation | Mapping[str, Any] | None") -> Evaluation:
 
 def from_tag(value: str | None) -> Evaluation | None:
     """The evaluation a run was tagged with (``tags.EVALUATION``: JSON), or None for an untagged run."""
-    if not value:
+    if not value or not isinstance(value, str):  # absent, or NaN in a frame of runs where others have it
         return None
     try:
         return Evaluation.from_dict(json.loads(value))

@@ -82,6 +82,11 @@ RESULTS_DIR = "results"
 SEARCHES_DIR = "searches"
 
 
+def _read_kept(folder: Path) -> dict[str, dict]:
+    """What an earlier process of this pipeline run kept in ``folder`` (one JSON file each, by name)."""
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))}
+
+
 class RunRecorder:
     """The parent MLflow run of one pipeline execution, its children's tags, its results and summary.
 
@@ -96,10 +101,9 @@ class RunRecorder:
         self.on_step = on_step or (lambda result: None)
         self.commit = git_commit()
         self._lock = threading.Lock()
-        self.results: list[StepResult] = [StepResult(**json.loads(path.read_text(encoding="utf-8")))
-                                          for path in sorted(self.results_dir.glob("*.json"))]
-        self.searches: dict[str, dict] = {path.stem: json.loads(path.read_text(encoding="utf-8"))
-                                          for path in sorted((self.run_dir / STATE_DIR / SEARCHES_DIR).glob("*.json"))}
+        self.results_dir = run_dir / STATE_DIR / RESULTS_DIR
+        self.results = [StepResult(**kept) for kept in _read_kept(self.results_dir).values()]
+        self.searches: dict[str, dict] = _read_kept(run_dir / STATE_DIR / SEARCHES_DIR)
 
     @classmethod
     def create(cls, client, experiment_id: str, run_id: str, run_dir: Path, source, config_path: Path,
@@ -121,10 +125,6 @@ class RunRecorder:
         })
         return cls(client, experiment_id, run_id, run_dir, source, parent.info.run_id,
                    datetime.now(timezone.utc), on_step)
-
-    @property
-    def results_dir(self) -> Path:
-        return self.run_dir / STATE_DIR / RESULTS_DIR
 
     def child_tags(self, step, notebook_sha256: str, data_path: Path, data_sha256: str, output: Path) -> dict:
         """The tags of a notebook execution's run (the runner adds its own host and pid)."""

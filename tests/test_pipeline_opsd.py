@@ -21,6 +21,8 @@ def test_opsd_route_builds_then_reuses_the_process_stage(tmp_path, serve, small_
     config = tmp_path / "opsd.yaml"
     config.write_text(json.dumps({
         "experiment": "opsd_route",
+        # Two weeks of data: the time split tests on the second week, no backtest.
+        "evaluation": {"split": "time", "test_start": "2013-10-27", "folds": 0},
         "stages": {
             "process": {"notebook": str(paths.NOTEBOOKS_DIR / "make_processed_data.ipynb"), "parameters": {
                 "time_series_url": server.url(TIME_SERIES_PATH),
