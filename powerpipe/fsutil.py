@@ -28,6 +28,9 @@ _FULL_MESSAGES = ("database or disk is full", "no space left on device", "disk q
 
 # -- atomic writes -----------------------------------------------------------------------------------
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``, on error it is removed.
@@ -38,6 +41,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     with disk_full_guard(target.parent, writing=target):
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would give it
         os.close(handle)
         temporary = Path(name)
         try:

@@ -84,6 +84,31 @@ def _render_report(notebook: Path, html: Path) -> None:
     from .execute import render_html
 
     render_html(notebook, html, exclude_input=True, template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
+    _drop_inlined_plotlyjs(notebook, html.name)
+
+
+PLOTLYJS_START = "<script>/**\n* plotly.js v"
+
+
+def _drop_inlined_plotlyjs(notebook: Path, html_name: str) -> None:
+    """The executed report notebook without its copy of plotly.js (about 5 MB): the offline HTML made
+    from it keeps the library; the notebook is the record of what ran, and need not carry it twice."""
+    import nbformat
+
+    from .fsutil import atomic_write_text
+
+    nb = nbformat.read(notebook, as_version=4)
+    dropped = False
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/html")
+            if isinstance(text, str) and PLOTLYJS_START in text:
+                start = text.index(PLOTLYJS_START)
+                end = text.index("</script>", start) + len("</script>")
+                output["data"]["text/html"] = (text[:start] + f"<!-- plotly.js: see {html_name} -->" + text[end:])
+                dropped = True
+    if dropped:
+        atomic_write_text(notebook, nbformat.writes(nb), fsync=False)
 
 
 def fatal_error(exc: BaseException, task: NotebookTask):

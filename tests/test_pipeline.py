@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import mlflow
@@ -119,6 +120,17 @@ def test_report_is_standalone_html_without_code(smoke_run, summary, client):
     assert not re.search(r"<script[^>]+src=\"https?://", html)  # nothing fetched from a CDN
     parent_artifacts = {a.path for a in client.list_artifacts(summary["mlflow_parent_run_id"], "report")}
     assert "report/weekly_report.html" in parent_artifacts
+    # plotly.js (about 5 MB) is inlined once, in the HTML; the executed report notebook does not repeat it.
+    assert "* plotly.js v" in html
+    executed = smoke_run["run_dir"] / "report" / "weekly_report.ipynb"
+    assert "plotly.js v" not in executed.read_text() and executed.stat().st_size < 1_000_000
+    assert oct(executed.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # atomic writes keep the usual mode
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_compare_notebook_shows_leaderboard(smoke_run, client, summary):
