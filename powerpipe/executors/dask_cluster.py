@@ -140,15 +140,19 @@ def _close_attempts(client, runs: list, reason: str, last_failed: bool) -> None:
 
 
 def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_kernels: bool,
-                       host_threads: dict[str, int]) -> TaskOutcome:
+                       host_threads: dict[str, int], store_settings: dict[str, str] | None = None) -> TaskOutcome:
     """The Dask task: run one notebook task on this worker's warm kernel (module-level: it pickles by name).
 
     ``host_threads``: Dask threads per machine, so that the kernels of one machine share its cores.
+    ``store_settings``: the runner's bound on tracking-server calls, for this worker and its kernels
+    (a worker started elsewhere does not inherit the runner's environment); the worker's own win.
     """
     from distributed import get_worker
 
     from ..tasks import run_task
 
+    for name, value in (store_settings or {}).items():
+        os.environ.setdefault(name, value)
     worker = get_worker()
     client = store_client(task.tracking_uri)
     earlier = _runs_of(client, task, key)
@@ -208,8 +212,11 @@ class DaskExecutor:
                  connect_timeout: float = 30):
         from distributed import Client, LocalCluster
 
+        from .. import tracking
+
         self.scheduler = scheduler
         self.modules = list(modules)
+        self.store_settings = {name: os.environ[name] for name in tracking.store_call_settings() if name in os.environ}
         self.reuse_kernels = reuse_kernels
         self.cluster = None
         self._futures: dict[str, Any] = {}
@@ -262,7 +269,7 @@ class DaskExecutor:
             raise RuntimeError("DaskExecutor is closed")
         key = f"notebook-{task.tags.get(tags.PIPELINE_RUN_ID, 'run')}-{task.label}"
         future = self.client.submit(run_task_on_worker, task, key, self.modules, self.reuse_kernels,
-                                    self.host_threads, key=key, pure=False, retries=1)
+                                    self.host_threads, self.store_settings, key=key, pure=False, retries=1)
         with self._lock:
             self._futures[key] = future
         try:
