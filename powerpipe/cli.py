@@ -226,11 +226,10 @@ def known_failure(exc: BaseException, args) -> str | None:
 
 def _from_store_client(exc: BaseException | None) -> bool:
     """Raised by MLflow's client or what it talks through (not, say, a Dask connection that dropped)."""
-    while exc is not None:
-        if type(exc).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy"):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    from .exceptions import chain
+
+    return any(type(link).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy")
+               for link in chain(exc))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,15 @@ CLI exits 2 for those raised before anything ran.
 """
 
 
+def chain(exc: BaseException | None):
+    """``exc``, then what it was raised from or during, and so on (each once, even in a cycle)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 class PipelineError(Exception):
     """Base of every error the runner shows without a traceback (unless --debug)."""
 

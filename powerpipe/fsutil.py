@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .exceptions import DiskFullError
+from .exceptions import DiskFullError, chain
 
 MB = 1024 * 1024
 # errno values that mean "this file system has no room for it".
@@ -121,18 +121,8 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int) -> int:
 
 def is_disk_full(exc: BaseException | None) -> bool:
     """True if ``exc``, or any exception it was raised from or during, says the disk is full."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DiskFullError):
-            return True
-        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-            return True
-        text = str(exc).lower()
-        if any(message in text for message in _FULL_MESSAGES):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, DiskFullError) or (isinstance(link, OSError) and link.errno in _FULL_ERRNOS)
+               or any(message in str(link).lower() for message in _FULL_MESSAGES) for link in chain(exc))
 
 
 def as_disk_full_error(exc: BaseException, path: str | os.PathLike, needed_bytes: int | None = None,

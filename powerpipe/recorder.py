@@ -95,11 +95,12 @@ class RunRecorder:
     """
 
     def __init__(self, client, experiment_id: str, run_id: str, run_dir: Path, source,
-                 parent_run_id: str, started: datetime, on_step: Callable[[StepResult], None] | None = None):
+                 parent_run_id: str, started: datetime, on_step: Callable[[StepResult], None] | None = None,
+                 commit: str | None = None):
         self.client, self.experiment_id, self.run_id, self.run_dir = client, experiment_id, run_id, run_dir
         self.source, self.parent_run_id, self.started = source, parent_run_id, started
         self.on_step = on_step or (lambda result: None)
-        self.commit = git_commit()
+        self.commit = commit or git_commit()
         self._lock = threading.Lock()
         self.results_dir = run_dir / STATE_DIR / RESULTS_DIR
         self.results = [StepResult(**kept) for kept in _read_kept(self.results_dir).values()]
@@ -112,6 +113,7 @@ class RunRecorder:
         KILLED if this one dies; a scheduled pipeline run outlives the process that started it."""
         from . import tracking
 
+        commit = git_commit()
         parent = client.create_run(experiment_id, run_name=f"pipeline {run_id}", tags={
             tags.KIND: tags.KIND_PIPELINE,
             tags.PIPELINE_RUN_ID: run_id,
@@ -120,11 +122,11 @@ class RunRecorder:
             tags.DATA_SHA256: source.sha256,
             tags.SYNTHETIC_DATA: tags.flag(source.synthetic),
             tags.OUTPUTS: str(run_dir),
-            tags.MLFLOW_GIT_COMMIT: git_commit(),
+            tags.MLFLOW_GIT_COMMIT: commit,
             **(tracking.runner_tags() if runner_owned else {}),
         })
         return cls(client, experiment_id, run_id, run_dir, source, parent.info.run_id,
-                   datetime.now(timezone.utc), on_step)
+                   datetime.now(timezone.utc), on_step, commit)
 
     def child_tags(self, step, notebook_sha256: str, data_path: Path, data_sha256: str, output: Path) -> dict:
         """The tags of a notebook execution's run (the runner adds its own host and pid)."""

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from . import paths, tags
-from .exceptions import StoreUnreachableError, TrackingError
+from .exceptions import StoreUnreachableError, TrackingError, chain
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +198,9 @@ def is_unreachable(exc: BaseException | None) -> bool:
     exception HTTPConnectionPool(…): Max retries exceeded … Connection refused"), so the message
     counts as well as the types. An answer that refuses (404, a bad parameter) is not "unreachable".
     """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, StoreUnreachableError):
-            return True
-        if type(exc).__name__ in _UNREACHABLE_TYPES or isinstance(exc, (ConnectionError, socket.timeout)):
-            return True
-        text = str(exc).lower()
-        if any(message in text for message in _UNREACHABLE_MESSAGES):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, (StoreUnreachableError, ConnectionError, socket.timeout))
+               or type(link).__name__ in _UNREACHABLE_TYPES
+               or any(message in str(link).lower() for message in _UNREACHABLE_MESSAGES) for link in chain(exc))
 
 
 def _reason(exc: BaseException) -> str:

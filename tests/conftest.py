@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from powerpipe import data, paths
+from powerpipe import data, paths, tags
 
 SHARED_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "germany.csv"
 
@@ -96,3 +101,96 @@ def smoke_run(tmp_path_factory):
     runs = [p for p in outputs.iterdir() if (p / "summary.json").exists()]
     assert len(runs) == 1, f"expected one pipeline run folder in {outputs}"
     return {"exit_code": code, "outputs": outputs, "run_dir": runs[0], "tracking_uri": uri}
+
+
+# -- a tiny project: a stand-in model notebook, small data, its own outputs and store ---------------
+# The notebook predicts the constant `level` for both targets (so its rmse is known to rise with `level`
+# above the data), can fail or sleep on demand, and logs like the real ones.
+FAKE_PARAMETERS = "data_path: str | None = None\nlevel: float = 0.0\nfail: bool = False\nsleep: float = 0.0"
+FAKE_CELLS = (
+    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
+    "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
+    "time.sleep(sleep)\nif fail:\n    raise RuntimeError(f'failing on purpose at level {level}')",
+    "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
+    "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
+    "tracking.log_model(model, X_train, flavor='sklearn')",
+)
+
+
+class FakeProject:
+    """A folder with the fake notebook, a small data file, an outputs folder and its own store."""
+
+    def __init__(self, root: Path, experiment: str, quiet: bool = True):
+        self.root, self.experiment, self.quiet = root, experiment, quiet
+        make_notebook(root / "fake.ipynb", FAKE_PARAMETERS, *FAKE_CELLS)
+        self.data_path = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"),
+                                              root / "small.csv")
+        self.outputs = root / "out"
+        self.tracking_uri = f"sqlite:///{root / 'out' / 'mlflow.db'}"
+
+    def config(self, grid: dict, report: bool = False, timeout: float | None = None, name="pipeline.yaml") -> Path:
+        import yaml
+
+        stages = {"train": [{"notebook": "fake.ipynb", "grid": grid}],
+                  "promote": {"metric": "rmse", "model_name": "FakeModel"}}
+        if report:
+            stages["report"] = {"notebook": str(paths.REPORT_TEMPLATES_DIR / "weekly_report.ipynb")}
+        config = {"experiment": self.experiment, "root": ".", "stages": stages}
+        if timeout:
+            config["timeout"] = timeout
+        path = self.root / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def args(self, config: Path, *extra: str, outputs: Path | None = None) -> list[str]:
+        return ["--config", str(config), "--data", str(self.data_path), "--outputs", str(outputs or self.outputs),
+                *(["--quiet"] if self.quiet else []), *extra]
+
+    def run(self, config: Path, *extra: str) -> tuple[int, dict]:
+        from powerpipe import cli
+
+        code = cli.main(self.args(config, *extra))
+        summaries = sorted(self.outputs.glob("*/summary.json"), key=lambda p: p.parent.name)
+        return code, json.loads(summaries[-1].read_text())
+
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.tracking_uri)
+
+    def runs(self, status: str | None = None):
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        query = tags.equals(tags.STAGE, "train") + (f" and attributes.status = '{status}'" if status else "")
+        return client.search_runs([experiment.experiment_id], query, max_results=1000)
+
+    @property
+    def db(self) -> Path:
+        return Path(self.tracking_uri[len("sqlite:///"):])
+
+
+def runner_process(argv: list[str], **kwargs) -> subprocess.Popen:
+    """``runner/run_all.py`` in a process of its own (its own session: a signal reaches it alone)."""
+    return subprocess.Popen([sys.executable, str(paths.RUNNER_DIR / "run_all.py"), *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def count_runs(db: Path, status: str, stage: str = "train") -> int:
+    """Count runs in a SQLite store directly (an MLflow client could race the runner creating the schema).
+
+    0 while the store or its tables do not exist yet; a busy store is asked again, not counted as 0."""
+    if not Path(db).is_file():
+        return 0
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with sqlite3.connect(db, timeout=10) as connection:
+                return connection.execute(
+                    "SELECT count(*) FROM runs WHERE status = ? AND run_uuid IN "
+                    "(SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (status, tags.STAGE, stage)
+                ).fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            if time.monotonic() > deadline:
+                raise

@@ -7,79 +7,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import mlflow
 import nbformat
 import psutil
 import pytest
-import yaml
 
-from powerpipe import cli, data, paths, tags
+from powerpipe import cli, tags
 
-from .conftest import make_notebook
+from .conftest import FakeProject, count_runs, runner_process
 
 pytestmark = pytest.mark.slow
-
-# A stand-in model notebook: predicts the constant `level` for both targets (so its rmse is known to
-# rise with `level` above the data), can fail or sleep on demand, and logs like the real ones.
-FAKE_PARAMETERS = "data_path: str | None = None\nlevel: float = 0.0\nfail: bool = False\nsleep: float = 0.0"
-FAKE_CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
-    "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
-    "time.sleep(sleep)\nif fail:\n    raise RuntimeError(f'failing on purpose at level {level}')",
-    "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
-    "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
-    "tracking.log_model(model, X_train, flavor='sklearn')",
-)
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A folder with the fake notebook, a small data file, an outputs folder and its own store."""
+    """A folder with the fake notebook (conftest), a small data file, an outputs folder and its own store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_notebook(tmp_path / "fake.ipynb", FAKE_PARAMETERS, *FAKE_CELLS)
-    csv = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), tmp_path / "small.csv")
-
-    class Project:
-        root = tmp_path
-        data_path = csv
-        outputs = tmp_path / "out"
-        tracking_uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
-
-        def config(self, grid: dict, report: bool = False, timeout: float | None = None, name="pipeline.yaml"):
-            stages = {"train": [{"notebook": "fake.ipynb", "grid": grid}],
-                      "promote": {"metric": "rmse", "model_name": "FakeModel"}}
-            if report:
-                stages["report"] = {"notebook": str(paths.REPORT_TEMPLATES_DIR / "weekly_report.ipynb")}
-            config = {"experiment": "reliability", "root": ".", "stages": stages}
-            if timeout:
-                config["timeout"] = timeout
-            path = tmp_path / name
-            path.write_text(yaml.safe_dump(config))
-            return path
-
-        def args(self, config: Path, *extra: str) -> list[str]:
-            return ["--config", str(config), "--data", str(self.data_path), "--outputs", str(self.outputs),
-                    "--quiet", *extra]
-
-        def run(self, config: Path, *extra: str) -> tuple[int, dict]:
-            code = cli.main(self.args(config, *extra))
-            summaries = sorted(self.outputs.glob("*/summary.json"), key=lambda p: p.parent.name)
-            return code, json.loads(summaries[-1].read_text())
-
-        def client(self):
-            return mlflow.MlflowClient(self.tracking_uri)
-
-        def runs(self, status: str | None = None):
-            client = self.client()
-            experiment = client.get_experiment_by_name("reliability")
-            query = tags.equals(tags.STAGE, "train") + (f" and attributes.status = '{status}'" if status else "")
-            return client.search_runs([experiment.experiment_id], query, max_results=1000)
-
-    return Project()
+    return FakeProject(tmp_path, "reliability")
 
 
 def test_failing_grid_point_is_kept_and_never_promoted(project):
@@ -205,30 +150,11 @@ def test_many_jobs_on_sqlite_lose_no_run(project):
     assert all("rmse" in r.data.metrics for r in runs)
 
 
-def _runner(project, config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(paths.RUNNER_DIR / "run_all.py"), *project.args(config, *extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _count_runs(project, status: str) -> int:
-    """Read the runner's store directly: an MLflow client here could race it creating the schema."""
-    import sqlite3
-
-    try:
-        with sqlite3.connect(project.tracking_uri[len("sqlite:///"):], timeout=5) as db:
-            return db.execute(
-                "SELECT count(*) FROM runs WHERE status = ? AND run_uuid IN "
-                f"(SELECT run_uuid FROM tags WHERE key = '{tags.STAGE}' AND value = 'train')", (status,)
-            ).fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
 def _wait_for_runs(project, status: str, count: int, process: subprocess.Popen, limit: float = 180) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
-        if _count_runs(project, status) >= count:
+        if count_runs(project.db, status) >= count:
             return
         time.sleep(0.5)
     pytest.fail(f"the runner had no {status} grid point in time")
@@ -236,7 +162,7 @@ def _wait_for_runs(project, status: str, count: int, process: subprocess.Popen, 
 
 def test_sigkill_mid_grid_then_next_run_completes_only_the_missing_points(project):
     config = project.config({"level": [0.0, 1.0, 2.0, 3.0], "sleep": [2.0]})
-    process = _runner(project, config, "--jobs", "1")
+    process = runner_process(project.args(config, "--jobs", "1"))
     _wait_for_runs(project, "FINISHED", 1, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
@@ -257,7 +183,7 @@ def test_sigkill_mid_grid_then_next_run_completes_only_the_missing_points(projec
 
 def test_ctrl_c_stops_promptly_and_kills_kernels(project):
     config = project.config({"level": [0.0, 1.0, 2.0, 3.0], "sleep": [30.0]})
-    process = _runner(project, config, "--jobs", "2")
+    process = runner_process(project.args(config, "--jobs", "2"))
     _wait_for_runs(project, "RUNNING", 2, process)
     kernels = [c for c in psutil.Process(process.pid).children(recursive=True)
                if "ipykernel_launcher" in " ".join(c.cmdline())]

@@ -25,80 +25,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from powerpipe import cli, data, fsutil, paths, retention, tags, tracking
 from powerpipe.exceptions import DiskFullError, StoreUnreachableError, Terminated, TrackingError
 
-from .conftest import make_notebook
+from .conftest import FakeProject, count_runs, runner_process
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
-# -- a tiny project: a fake model notebook, small data, its own outputs and store --------------------
-
-FAKE_PARAMETERS = "data_path: str | None = None\nlevel: float = 0.0\nfail: bool = False\nsleep: float = 0.0"
-FAKE_CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
-    "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
-    "time.sleep(sleep)\nif fail:\n    raise RuntimeError(f'failing on purpose at level {level}')",
-    "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
-    "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
-    "tracking.log_model(model, X_train, flavor='sklearn')",
-)
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
+    """The fake notebook project of conftest, with the runner's output as a user sees it (no --quiet)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_notebook(tmp_path / "fake.ipynb", FAKE_PARAMETERS, *FAKE_CELLS)
-    csv = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), tmp_path / "small.csv")
-
-    class Project:
-        root = tmp_path
-        data_path = csv
-        outputs = tmp_path / "out"
-        tracking_uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
-
-        def config(self, grid: dict, name: str = "pipeline.yaml") -> Path:
-            stages = {"train": [{"notebook": "fake.ipynb", "grid": grid}],
-                      "promote": {"metric": "rmse", "model_name": "FakeModel"}}
-            path = tmp_path / name
-            path.write_text(yaml.safe_dump({"experiment": "unattended", "root": ".", "stages": stages}))
-            return path
-
-        def args(self, config: Path, *extra: str, outputs: Path | None = None) -> list[str]:
-            return ["--config", str(config), "--data", str(self.data_path), "--outputs", str(outputs or self.outputs),
-                    *extra]
-
-    return Project()
-
-
-def _runner(argv: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(paths.RUNNER_DIR / "run_all.py"), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
-
-
-def _runs_by_status(db: Path, status: str, stage: str = "train") -> int:
-    """Count runs in a SQLite store directly (an MLflow client could race the runner creating the schema).
-
-    0 while the store or its tables do not exist yet; a busy store is asked again, not counted as 0."""
-    if not Path(db).is_file():
-        return 0
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with sqlite3.connect(db, timeout=10) as connection:
-                return connection.execute(
-                    "SELECT count(*) FROM runs WHERE status = ? AND run_uuid IN "
-                    "(SELECT run_uuid FROM tags WHERE key = 'powerpipe.stage' AND value = ?)", (status, stage)
-                ).fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return 0
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return FakeProject(tmp_path, "unattended", quiet=False)
 
 
 # == 5. --timeout =====================================================================================
@@ -635,10 +575,10 @@ def test_sigterm_mid_grid_stops_like_ctrl_c(project):
     import psutil
 
     config = project.config({"level": [0.0, 1.0, 2.0, 3.0], "sleep": [30.0]})
-    process = _runner(project.args(config, "--jobs", "2"))
+    process = runner_process(project.args(config, "--jobs", "2"))
     db = project.outputs / "mlflow.db"
     deadline = time.monotonic() + 180
-    while _runs_by_status(db, "RUNNING") < 2:
+    while count_runs(db, "RUNNING") < 2:
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline, "no grid point started in time"
         time.sleep(0.5)
@@ -654,7 +594,7 @@ def test_sigterm_mid_grid_stops_like_ctrl_c(project):
     assert "stopped by SIGTERM" in output and "Traceback" not in output
     time.sleep(1)
     assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
-    assert _runs_by_status(db, "RUNNING") == 0 and _runs_by_status(db, "KILLED") >= 2
+    assert count_runs(db, "RUNNING") == 0 and count_runs(db, "KILLED") >= 2
     summary = json.loads(next(project.outputs.glob("*/summary.json")).read_text())
     assert summary["status"] == "killed"
 
@@ -722,7 +662,7 @@ class _MlflowServer:
         self.log.close()
 
     def runs(self, status: str) -> int:
-        return _runs_by_status(self.folder / "mlflow.db", status)
+        return count_runs(self.folder / "mlflow.db", status)
 
 
 @pytest.fixture
@@ -741,7 +681,7 @@ def test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_re
     write summary.json with the reason and promote nothing."""
     config = project.config({"level": [0.0, 1.0, 2.0, 3.0], "sleep": [8.0]})
     argv = project.args(config, "--jobs", "1", "--tracking-uri", mlflow_server.uri, "--store-timeout", "20")
-    process = _runner(argv)
+    process = runner_process(argv)
     deadline = time.monotonic() + 180
     while mlflow_server.runs("FINISHED") < 1:
         assert process.poll() is None, process.stdout.read()
@@ -821,12 +761,12 @@ def test_disk_filling_up_mid_run_is_one_clear_error_and_the_next_run_completes(p
                 assert path.stat().st_size > 0, path  # nothing that was whole is left empty
                 if path.suffix != ".csv":
                     json.loads(path.read_text())
-    assert _runs_by_status(store / "mlflow.db", "RUNNING") == 0
+    assert count_runs(store / "mlflow.db", "RUNNING") == 0
 
     ballast.unlink()
     code = cli.main([*argv, "--quiet"])
     assert code == cli.EXIT_OK
-    assert _runs_by_status(store / "mlflow.db", "RUNNING") == 0
+    assert count_runs(store / "mlflow.db", "RUNNING") == 0
 
 
 @pytest.mark.slow
