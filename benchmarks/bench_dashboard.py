@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `dashboard` is a folder of the repository, not an installed package
 
 
 def prepare_store(folder: Path) -> str:
-    from powerpipe import cli, paths
+    from powerpipe.cli import main as cli
+    from powerpipe.core import paths
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     print(f"running the smoke pipeline into {folder} (about two minutes)...", flush=True)
@@ -47,7 +47,7 @@ def prediction_request(start: str, end: str, version: str) -> dict:
 def bench(uri: str, calls: int, days: int, seed: int = 0) -> list[float]:
     import pandas as pd
 
-    from dashboard.app import create_app
+    from powerpipe.dashboard.app import create_app
 
     app = create_app(uri)
     model = app.model_cache.get()  # load and predict once, outside the timing

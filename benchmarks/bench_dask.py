@@ -37,7 +37,7 @@ stages:
 
 
 def run_once(workers: int, folder: Path) -> dict:
-    from powerpipe.pipeline import RunOptions, run_pipeline
+    from powerpipe.run.options import RunOptions, run_pipeline
 
     config = folder / "bench.yaml"
     config.write_text(CONFIG)

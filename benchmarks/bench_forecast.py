@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data" / "germany.csv"
 
 
@@ -29,7 +28,7 @@ def models(only: set[str]):
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.linear_model import LinearRegression
 
-    from powerpipe import modeling
+    from powerpipe.forecast import modeling
 
     out = []
     for feature_set in ("tutorial", "weather_calendar"):
@@ -60,7 +59,7 @@ def keras_fit_predict(feature_set: str, epochs: int = 50, batch_size: int = 256,
     import numpy as np
     from keras import layers
 
-    from powerpipe import features
+    from powerpipe.forecast import features
 
     def fit_predict(X_train, y_train, X_test):
         keras.utils.set_random_seed(seed)
@@ -90,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from powerpipe import data, evaluation, modeling
+    from powerpipe.forecast import data, evaluation, modeling
 
     frame = data.load(args.data)
     spec = evaluation.Evaluation.from_dict({"split": "time", "test_start": args.test_start, "folds": args.folds,

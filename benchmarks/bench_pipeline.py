@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from powerpipe import paths  # noqa: E402
+from powerpipe.core import paths  # noqa: E402
 
 RUNNER = [sys.executable, str(paths.RUNNER_DIR / "run_all.py")]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "germany.csv"
@@ -138,7 +138,7 @@ def fixed_cost(folder: Path, points: int = 12) -> float:
         "stages": {"train": [{"notebook": "noop.ipynb", "grid": {"i": list(range(points))}}]},
     }))
     csv = folder / "tiny.csv"
-    from powerpipe import data
+    from powerpipe.forecast import data
 
     data.write_processed(data.synthetic_frame("2016-01-01", "2016-01-02 23:00"), csv)
     _, _, summary = run_runner(["--config", str(folder / "noop.yaml"), "--data", str(csv),

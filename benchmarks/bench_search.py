@@ -74,7 +74,7 @@ def write_config(folder: Path, name: str, entry: dict) -> Path:
 
 
 def run(config: Path, data: Path, outputs: Path, jobs: int) -> tuple[dict, float]:
-    from powerpipe.pipeline import RunOptions, run_pipeline
+    from powerpipe.run.options import RunOptions, run_pipeline
 
     started = time.perf_counter()
     summary = run_pipeline(RunOptions(config=config, data=str(data), outputs=outputs, jobs=jobs, progress=False))

@@ -1,7 +1,15 @@
-"""powerpipe: the shared code of the solar and wind notebooks and the runner that executes them.
+"""powerpipe: the German solar and wind notebooks as a reproducible pipeline.
 
-Kept light on import: the notebooks import only the modules they need (``data``, ``modeling``,
-``tracking``), and the runner imports papermill and MLflow only when it actually runs.
+Layers, top to bottom (each imports only those below it; ``pyproject.toml``'s import-linter contracts
+enforce it): ``cli`` → ``dashboard`` | ``run`` → ``search`` → ``execution`` → ``tracking`` → ``spec`` →
+``forecast`` → ``core``. Notebooks import ``powerpipe.forecast`` and ``powerpipe.tracking``'s notebook
+side; the runner never runs inside a kernel.
+
+Kept light on import: heavy modules (papermill, MLflow, TensorFlow) load inside functions.
 """
 
+from powerpipe import _legacy
+
 __version__ = "0.1.0"
+
+_legacy.install()

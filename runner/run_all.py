@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""Run the whole pipeline: ``python runner/run_all.py --help``."""
+"""The design card's entry point: ``python runner/run_all.py [flags]`` is ``powerpipe run [flags]``.
+
+Its subcommands are the ``powerpipe`` command's (``gc``, ``reproduce``, ``rollback``, …); its flags are
+unchanged, so schedules written for it keep working. ``--help`` lists both.
+"""
 
 import logging
 import os
 import sys
-from pathlib import Path
 
-# Runnable from a checkout even before `pip install -e .`; the kernels need the install all the same.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from powerpipe.cli import main  # noqa: E402
+try:
+    from powerpipe.cli.main import run_all_main
+except ModuleNotFoundError as exc:  # the package is not installed in this interpreter
+    if exc.name != "powerpipe" and not (exc.name or "").startswith("powerpipe."):
+        raise
+    sys.exit(f"error: the powerpipe package is not installed for {sys.executable}; install it first: "
+             f"{sys.executable} -m pip install -r requirements.txt -c requirements.lock -e .")
 
 if __name__ == "__main__":
-    code = main()
+    code = run_all_main()
     # Everything is written, closed and its kernels stopped by now. Skip the interpreter's teardown of
     # MLflow, SQLAlchemy and pandas (about 0.8 s): an unchanged, fully cached pipeline takes ~2 s, not 3.
     logging.shutdown()

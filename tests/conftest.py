@@ -14,7 +14,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from powerpipe import data, paths, tags
+from powerpipe.forecast import data
+from powerpipe.core import paths, tags
 
 SHARED_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "germany.csv"
 
@@ -87,7 +88,7 @@ def three_rows() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole smoke pipeline, run once for the session through the CLI into a private folder."""
-    from powerpipe import cli
+    from powerpipe.cli import main as cli
 
     outputs = tmp_path_factory.mktemp("smoke_outputs")
     uri = f"sqlite:///{outputs / 'tracking' / 'mlflow.db'}"
@@ -108,7 +109,7 @@ def smoke_run(tmp_path_factory):
 # above the data), can fail or sleep on demand, and logs like the real ones.
 FAKE_PARAMETERS = "data_path: str | None = None\nlevel: float = 0.0\nfail: bool = False\nsleep: float = 0.0"
 FAKE_CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
+    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe.forecast import data, modeling\nfrom powerpipe.tracking import store as tracking",
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)\nif fail:\n    raise RuntimeError(f'failing on purpose at level {level}')",
     "model = DummyRegressor(strategy='constant', constant=[level, level]).fit(X_train, y_train)\n"
@@ -147,7 +148,7 @@ class FakeProject:
                 *(["--quiet"] if self.quiet else []), *extra]
 
     def run(self, config: Path, *extra: str) -> tuple[int, dict]:
-        from powerpipe import cli
+        from powerpipe.cli import main as cli
 
         code = cli.main(self.args(config, *extra))
         summaries = sorted(self.outputs.glob("*/summary.json"), key=lambda p: p.parent.name)

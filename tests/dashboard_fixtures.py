@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from powerpipe import data, modeling, paths, tags, tracking
-from powerpipe.config import PromoteSpec
+from powerpipe.forecast import data, modeling
+from powerpipe.core import paths, tags
+from powerpipe.tracking import store as tracking
+from powerpipe.spec.config import PromoteSpec
 
 EXPERIMENT = "predicting_wind_solar_dashboard"
 PIPELINE_RUN_ID = "20240101T000000-000"

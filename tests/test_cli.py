@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from powerpipe import paths
-from powerpipe.config import load_config
-from powerpipe.pipeline import plan
+from powerpipe.core import paths
+from powerpipe.spec.config import load_config
+from powerpipe.run.session import plan
 
 RUNNER = [sys.executable, str(paths.RUNNER_DIR / "run_all.py")]
 

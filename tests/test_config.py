@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from powerpipe import paths
-from powerpipe.config import load_config, validate_parameters
-from powerpipe.exceptions import ConfigError, NotebookError, ParameterError
-from powerpipe.parameterize import read_parameters
+from powerpipe.core import paths
+from powerpipe.spec.config import load_config, validate_parameters
+from powerpipe.core.exceptions import ConfigError, NotebookError, ParameterError
+from powerpipe.spec.parameterize import read_parameters
 
 from .conftest import make_notebook
 

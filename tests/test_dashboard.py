@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import artifacts, production_model, runs, shown_data, store, windows
-from powerpipe import paths, tags
-from powerpipe.exceptions import ArtifactNotServed, NoProductionModel, StoreUnreachableError
+from powerpipe.dashboard import artifacts, production_model, runs, shown_data, store, windows
+from powerpipe.core import paths, tags
+from powerpipe.core.exceptions import ArtifactNotServed, NoProductionModel, StoreUnreachableError
 
 from .dashboard_fixtures import RENAMED_HTML, REPORT_TITLE, copy_store, global_tracking_uri
 from .dashboard_fixtures import empty_store, pipeline_store  # noqa: F401 - fixtures
@@ -108,7 +108,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(pipeline_store):
-    from dashboard.app import create_app
+    from powerpipe.dashboard.app import create_app
 
     return create_app(pipeline_store["tracking_uri"])
 
@@ -182,7 +182,7 @@ def test_window_frames_slice_hourly_and_switch_to_daily_means():
 def test_window_figure_is_recorded_vs_predicted_figure():
     from dash._utils import to_json
 
-    from powerpipe.figures import recorded_vs_predicted_figure
+    from powerpipe.forecast.figures import recorded_vs_predicted_figure
 
     index = pd.date_range("2016-06-01", periods=48, freq="h")
     recorded = pd.DataFrame({"solar_GW": np.arange(48.0), "wind_GW": np.arange(48.0) / 2}, index=index)
@@ -585,7 +585,7 @@ def test_unknown_page(app):
 
 
 def test_pages_without_a_production_model_say_which_command_to_run(empty_store):
-    from dashboard.app import create_app
+    from powerpipe.dashboard.app import create_app
 
     client = create_app(empty_store).server.test_client()
     page = text(render(client, "/"))
@@ -603,7 +603,7 @@ def test_default_store_hint_needs_no_flag():
 
 
 def test_pages_with_an_unreachable_store():
-    from dashboard.app import create_app
+    from powerpipe.dashboard.app import create_app
 
     uri = f"http://user:s3cret@127.0.0.1:{free_port()}"
     client = create_app(uri).server.test_client()
@@ -616,7 +616,7 @@ def test_pages_with_an_unreachable_store():
 
 # -- command line and WSGI ---------------------------------------------------------------------------
 def test_cli_binds_to_loopback_by_default():
-    from dashboard.app import parse_args
+    from powerpipe.dashboard.app import parse_args
 
     args = parse_args([])
     assert (args.host, args.port) == ("127.0.0.1", 8050)
@@ -629,7 +629,7 @@ def test_gunicorn_imports_the_server_from_the_repository_root(pipeline_store):
     gunicorn = Path(sys.executable).parent / "gunicorn"
     if not gunicorn.exists():
         pytest.skip("gunicorn is not installed in this environment")
-    result = subprocess.run([str(gunicorn), "--check-config", "dashboard.app:server"], cwd=ROOT,
+    result = subprocess.run([str(gunicorn), "--check-config", "powerpipe.dashboard.app:server"], cwd=ROOT,
                             env={"PATH": str(Path(sys.executable).parent), "MLFLOW_TRACKING_URI": pipeline_store["tracking_uri"]},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -638,7 +638,7 @@ def test_gunicorn_imports_the_server_from_the_repository_root(pipeline_store):
 # -- the same on the real smoke pipeline's store -----------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke_app(smoke_run):
-    from dashboard.app import create_app
+    from powerpipe.dashboard.app import create_app
 
     return create_app(smoke_run["tracking_uri"])
 

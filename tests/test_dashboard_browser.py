@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from powerpipe import paths
+from powerpipe.core import paths
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

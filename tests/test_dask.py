@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from powerpipe import cli, paths, tags
-from powerpipe.exceptions import DaskExecutorError
-from powerpipe.executors.dask_cluster import check_tracking_uri, is_loopback_scheduler
+from powerpipe.cli import main as cli
+from powerpipe.core import paths, tags
+from powerpipe.core.exceptions import DaskExecutorError
+from powerpipe.execution.dask_cluster import check_tracking_uri, is_loopback_scheduler
 
 from .conftest import make_notebook
 
@@ -131,7 +132,7 @@ def _summary(outputs: Path) -> dict:
 
 @pytest.mark.slow
 def test_workers_that_cannot_see_a_path_are_named_before_anything_runs(cluster, tmp_path):
-    from powerpipe.executors.dask_cluster import DaskExecutor
+    from powerpipe.execution.dask_cluster import DaskExecutor
 
     local_cluster, dask_client = cluster
     executor = DaskExecutor(local_cluster.scheduler_address, jobs=2, modules=[])
@@ -207,7 +208,7 @@ def _worker_config(tmp_path: Path, experiment: str, grid: str, seconds: float) -
     make_notebook(
         tmp_path / "nbs" / "sleepy.ipynb",
         "data_path: str | None = None\npoint: int = 0\nseconds: float = 0.0\nkill_worker: bool = False",
-        "import os, signal, time\nfrom powerpipe import tracking\nrun = tracking.notebook_run()",
+        "import os, signal, time\nfrom powerpipe.tracking import store as tracking\nrun = tracking.notebook_run()",
         "if kill_worker:  # the kernel's parent is the Dask worker process\n"
         "    os.kill(os.getppid(), signal.SIGKILL)\n    time.sleep(60)\ntime.sleep(seconds)",
         "tracking.record_metrics({'rmse': float(point), 'mae': 1.0, 'r2': 0.5})",

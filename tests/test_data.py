@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powerpipe import data
-from powerpipe.exceptions import DataError
+from powerpipe.forecast import data
+from powerpipe.core.exceptions import DataError
 
 
 def write_csv(tmp_path, frame: pd.DataFrame, name="d.csv"):
@@ -174,7 +174,7 @@ def test_resolve_explicit_path_is_validated(tmp_path):
 
 
 def test_evaluate_on_three_rows(three_rows):
-    from powerpipe import modeling
+    from powerpipe.forecast import modeling
 
     truth = three_rows[data.TARGETS]
     perfect = modeling.evaluate(truth, truth.to_numpy())
@@ -207,7 +207,7 @@ def test_download_onto_a_full_disk_is_disk_full_not_offline(tmp_path, processed_
     import errno
     import os
 
-    from powerpipe.exceptions import DiskFullError
+    from powerpipe.core.exceptions import DiskFullError
 
     real_fdopen = os.fdopen
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powerpipe import data, evaluation, modeling
-from powerpipe.evaluation import Evaluation
-from powerpipe.exceptions import ConfigError
-from powerpipe.features import RAW_COLUMNS
+from powerpipe.forecast import data, evaluation, modeling
+from powerpipe.forecast.evaluation import Evaluation
+from powerpipe.core.exceptions import ConfigError
+from powerpipe.forecast.features import RAW_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from powerpipe.execute import execute
+from powerpipe.execution.engine import execute
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,8 @@ def test_full_disk_while_saving_raises_stops_the_kernel_and_keeps_the_last_whole
     is the last save that fitted (never a truncated one), and the kernel started for it is stopped."""
     import psutil
 
-    from powerpipe import execute as execute_module
-    from powerpipe.exceptions import DiskFullError
+    from powerpipe.execution import engine as execute_module
+    from powerpipe.core.exceptions import DiskFullError
 
     real_write = execute_module.AtomicLocalHandler.write
     saves = []

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powerpipe import data, evaluation, features, modeling
-from powerpipe.features import RAW_COLUMNS, FeatureBuilder
+from powerpipe.forecast import data, evaluation, features, modeling
+from powerpipe.forecast.features import RAW_COLUMNS, FeatureBuilder
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from powerpipe import cli, opsd, paths
+from powerpipe.cli import main as cli
+from powerpipe.forecast import opsd
+from powerpipe.core import paths
 
 from .test_opsd import TIME_SERIES_PATH, WEATHER_PATH, raw_opsd_bytes, small_processed  # noqa: F401
 
@@ -139,7 +141,7 @@ def test_changed_file_replaces_the_cached_one_whole(tmp_path, changing, always_c
     server = changing({URL_PATH: OLD})
     path = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     server.put(URL_PATH, NEW)
-    with caplog.at_level(logging.WARNING, logger="powerpipe.opsd"):
+    with caplog.at_level(logging.WARNING, logger="powerpipe.forecast.opsd"):
         assert opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False) == path
     assert path.read_bytes() == NEW and server.statuses() == [200, 200]
     assert opsd.validators(path)["etag"] == f'"{hashlib.sha256(NEW).hexdigest()[:16]}"'
@@ -167,7 +169,7 @@ def test_an_unreachable_server_keeps_the_cached_file(tmp_path, changing, always_
     url = server.url(URL_PATH)
     path = opsd.fetch(url, tmp_path / "raw", progress=False)
     server.close()
-    with caplog.at_level(logging.WARNING, logger="powerpipe.opsd"):
+    with caplog.at_level(logging.WARNING, logger="powerpipe.forecast.opsd"):
         assert opsd.fetch(url, tmp_path / "raw", progress=False, timeout=5).read_bytes() == OLD
     assert "could not check" in caplog.text and str(path) in caplog.text
 

@@ -7,8 +7,11 @@ import sys
 
 import pytest
 
-from powerpipe import data, kernels, paths
-from powerpipe.execute import execute
+from powerpipe.forecast import data
+from powerpipe.execution import kernels
+from powerpipe.spec.parameterize import notebook_imports
+from powerpipe.core import paths
+from powerpipe.execution.engine import execute
 
 from .conftest import make_notebook
 
@@ -38,7 +41,7 @@ def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_
     env = {"MLFLOW_TRACKING_URI": tracking_uri, **kernels.thread_caps(1)}
     fresh = execute(source, tmp_path / "fresh.ipynb", parameters, env=env, render=False)
     assert fresh.ok, fresh.error
-    modules = kernels.notebook_imports(sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb")))
+    modules = notebook_imports(sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb")))
     warm = kernels.Kernel(env=kernels.thread_caps(1), warmup=kernels.warmup_code(modules, tracking_uri, 1))
     try:
         # Another notebook first, so that the one compared runs on a kernel that has been used and reset.
@@ -83,6 +86,6 @@ def test_failed_notebook_kernel_is_not_reused(tmp_path, notebooks):
 
 def test_runner_start_up_imports_nothing_heavy():
     heavy = ("mlflow", "papermill", "pandas", "tensorflow", "nbconvert", "sklearn")
-    code = f"import powerpipe.cli, sys; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import powerpipe.cli.main, sys; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -12,9 +12,11 @@ import mlflow
 import pytest
 import yaml
 
-from powerpipe import data, paths, project_run, tags
-from powerpipe.exceptions import ParameterError
-from powerpipe.parameterize import read_parameters
+from powerpipe.forecast import data
+from powerpipe.core import paths, tags
+from powerpipe.run import project_run
+from powerpipe.core.exceptions import ParameterError
+from powerpipe.spec.parameterize import read_parameters
 
 ROOT = paths.PROJECT_ROOT
 VENV_BIN = Path(sys.executable).parent  # `mlflow run --env-manager local` runs the `python` first on PATH

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powerpipe import data, opsd, parameterize, paths
-from powerpipe.exceptions import DataError
+from powerpipe.forecast import data, opsd
+from powerpipe.spec import parameterize
+from powerpipe.core import paths
+from powerpipe.core.exceptions import DataError
 
 from .conftest import SHARED_DATA
 
@@ -470,7 +472,7 @@ def test_notebook_is_committed_clean():
 
 @pytest.mark.slow
 def test_notebook_builds_the_data_from_a_loopback_server(tmp_path, serve, small_processed, small_raw):
-    from powerpipe.execute import execute
+    from powerpipe.execution.engine import execute
 
     files = {TIME_SERIES_PATH: small_raw[0].read_bytes(), WEATHER_PATH: small_raw[1].read_bytes()}
     server = serve(files)
@@ -504,7 +506,7 @@ def test_notebook_builds_the_data_from_a_loopback_server(tmp_path, serve, small_
 
 @pytest.mark.slow
 def test_notebook_stops_on_implausible_data_with_a_report(tmp_path, serve, small_processed):
-    from powerpipe.execute import execute
+    from powerpipe.execution.engine import execute
 
     broken = small_processed.copy()
     broken.iloc[10, broken.columns.get_loc("rad_diffuse")] = 5000.0
@@ -528,7 +530,7 @@ def test_full_disk_is_not_retried_and_leaves_nothing(tmp_path, serve, monkeypatc
     import builtins
     import errno
 
-    from powerpipe.exceptions import DiskFullError
+    from powerpipe.core.exceptions import DiskFullError
 
     class Full(io.FileIO):
         def write(self, block):

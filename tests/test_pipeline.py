@@ -10,9 +10,10 @@ import mlflow
 import nbformat
 import pytest
 
-from powerpipe import data, features, paths, tags
-from powerpipe.config import load_config
-from powerpipe.steps import build_steps
+from powerpipe.forecast import data, features
+from powerpipe.core import paths, tags
+from powerpipe.spec.config import load_config
+from powerpipe.spec.steps import build_steps
 
 pytestmark = pytest.mark.slow
 

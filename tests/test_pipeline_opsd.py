@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from powerpipe import cli, paths
+from powerpipe.cli import main as cli
+from powerpipe.core import paths
 
 from .test_opsd import TIME_SERIES_PATH, WEATHER_PATH, raw_opsd_bytes, serve, small_processed  # noqa: F401
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from powerpipe import paths
-from powerpipe.execute import execute
+from powerpipe.core import paths
+from powerpipe.execution.engine import execute
 
 from .conftest import SHARED_DATA
 

@@ -13,7 +13,8 @@ import nbformat
 import psutil
 import pytest
 
-from powerpipe import cli, tags
+from powerpipe.cli import main as cli
+from powerpipe.core import tags
 
 from .conftest import FakeProject, count_runs, runner_process
 

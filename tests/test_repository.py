@@ -9,7 +9,7 @@ import subprocess
 import nbformat
 import pytest
 
-from powerpipe import paths
+from powerpipe.core import paths
 
 PACKAGE_DIRS = (paths.PROJECT_ROOT / "powerpipe", paths.PROJECT_ROOT / "dashboard")
 
@@ -40,7 +40,8 @@ def test_every_committed_notebook_is_clean_with_one_parameters_cell():
 
 def test_tag_names_are_written_only_in_tags_module():
     literal = re.compile(r"""["']powerpipe\.([a-z_]+)["']""")
-    modules = {path.stem for path in (paths.PROJECT_ROOT / "powerpipe").glob("*.py")}  # logger names are not tags
+    package = paths.PROJECT_ROOT / "powerpipe"  # module and logger names (at any depth) are not tags
+    modules = {path.stem for path in package.rglob("*.py")} | {path.name for path in package.rglob("*") if path.is_dir()}
     offenders = [f"{path.relative_to(paths.PROJECT_ROOT)}:{number}"
                  for path in _sources() if path.name != "tags.py"
                  for number, line in enumerate(path.read_text().splitlines(), 1)

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from powerpipe import runlock
-from powerpipe.exceptions import PipelineError, RunLockedError
-from powerpipe.runlock import RunLock
+from powerpipe.run import runlock
+from powerpipe.core.exceptions import PipelineError, RunLockedError
+from powerpipe.run.runlock import RunLock
 
 
 def _race(outputs: str, name: str, barrier, results, done) -> None:
@@ -76,13 +76,13 @@ def test_a_second_runner_is_refused_naming_the_holder_and_the_first_can_release(
 
 
 def test_a_lock_left_by_a_dead_runner_is_taken_over_with_a_warning(tmp_path, caplog):
-    script = f"from powerpipe.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire('dead-run')"
+    script = f"from powerpipe.run.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire('dead-run')"
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr
     left = json.loads((tmp_path / runlock.LOCK_NAME).read_text())
     assert left["pipeline_run_id"] == "dead-run" and left["pid"] != os.getpid()
 
-    with caplog.at_level(logging.WARNING, logger="powerpipe.runlock"):
+    with caplog.at_level(logging.WARNING, logger="powerpipe.run.runlock"):
         RunLock(tmp_path).acquire("next-run")
     assert RunLock(tmp_path).holder()["pipeline_run_id"] == "next-run"
     warning = " ".join(r.getMessage() for r in caplog.records)
@@ -111,13 +111,13 @@ def test_a_lock_of_another_host_is_never_presumed_dead(tmp_path):
 
 def test_an_unreadable_lock_file_is_stale(tmp_path, caplog):
     (tmp_path / runlock.LOCK_NAME).write_text('{"pipeline_run_id": "half')
-    with caplog.at_level(logging.WARNING, logger="powerpipe.runlock"):
+    with caplog.at_level(logging.WARNING, logger="powerpipe.run.runlock"):
         RunLock(tmp_path).acquire("next")
     assert "unreadable" in caplog.text
 
 
 def test_a_scheduled_lock_outlives_its_process_until_finish_or_max_age(tmp_path, monkeypatch, caplog):
-    script = (f"from powerpipe.runlock import RunLock; "
+    script = (f"from powerpipe.run.runlock import RunLock; "
               f"RunLock({str(tmp_path)!r}).acquire('scheduled-run', scheduled=True)")
     assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 0  # --start, then exits
     lock = RunLock(tmp_path)
@@ -126,7 +126,7 @@ def test_a_scheduled_lock_outlives_its_process_until_finish_or_max_age(tmp_path,
 
     (tmp_path / "scheduled-run").mkdir()
     (tmp_path / "scheduled-run" / "summary.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="powerpipe.runlock"):
+    with caplog.at_level(logging.WARNING, logger="powerpipe.run.runlock"):
         lock.acquire("whole-run")  # it finished without releasing: stale
     assert "scheduled-run has finished" in caplog.text
     lock.release("whole-run")
@@ -174,7 +174,7 @@ def test_waiting_gives_up_after_the_timeout(tmp_path, monkeypatch):
 
 def test_waiting_runner_takes_over_when_the_holder_dies(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock, "POLL_SECONDS", 0.05)
-    script = (f"import time; from powerpipe.runlock import RunLock; "
+    script = (f"import time; from powerpipe.run.runlock import RunLock; "
               f"RunLock({str(tmp_path)!r}).acquire('short'); print('held', flush=True); time.sleep(1)")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -196,7 +196,7 @@ def test_no_lock_file_means_free_and_reading_creates_nothing(tmp_path):
 
 SLOW_PARAMETERS = "data_path: str | None = None\nsleep: float = 0.0"
 SLOW_CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe import data, modeling, tracking",
+    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe.forecast import data, modeling\nfrom powerpipe.tracking import store as tracking",
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)",
     "model = DummyRegressor(strategy='mean').fit(X_train, y_train)\n"
@@ -210,7 +210,7 @@ def tiny_project(tmp_path, monkeypatch):
     """A one-notebook pipeline (it sleeps a few seconds, so two runs would overlap) and its data."""
     import yaml
 
-    from powerpipe import data
+    from powerpipe.forecast import data
 
     from .conftest import make_notebook
 
@@ -225,7 +225,7 @@ def tiny_project(tmp_path, monkeypatch):
     outputs = tmp_path / "out"
 
     def start(*extra: str) -> subprocess.Popen:
-        from powerpipe import paths
+        from powerpipe.core import paths
 
         command = [sys.executable, str(paths.RUNNER_DIR / "run_all.py"), "--config", str(config), "--data", str(csv),
                    "--outputs", str(outputs), "--quiet", "--jobs", "1", *extra]
@@ -235,7 +235,7 @@ def tiny_project(tmp_path, monkeypatch):
     def versions() -> list[str]:
         import mlflow
 
-        from powerpipe import paths
+        from powerpipe.core import paths
 
         client = mlflow.MlflowClient(paths.default_tracking_uri(outputs))
         return sorted(str(v.version) for v in client.search_model_versions("name = 'LockModel'"))
@@ -247,7 +247,7 @@ def tiny_project(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_runners_started_together_one_runs_and_one_refuses(tiny_project):
     # A lock left behind by a runner that died: taken over by whichever runner comes first.
-    dead = subprocess.run([sys.executable, "-c", f"from powerpipe.runlock import RunLock; "
+    dead = subprocess.run([sys.executable, "-c", f"from powerpipe.run.runlock import RunLock; "
                            f"RunLock({str(tiny_project.outputs)!r}).acquire('dead-runner')"], timeout=60)
     assert dead.returncode == 0
     runners = [tiny_project.start("--if-running", "fail") for _ in range(2)]

@@ -19,9 +19,14 @@ import nbformat
 import pytest
 import yaml
 
-from powerpipe import cli, config, data, paths, search, tags, trials
-from powerpipe.exceptions import ConfigError
-from powerpipe.steps import build_steps
+from powerpipe.cli import main as cli
+from powerpipe.spec import config
+from powerpipe.forecast import data
+from powerpipe.core import paths, tags
+from powerpipe.search import study as search
+from powerpipe.tracking import trials
+from powerpipe.core.exceptions import ConfigError
+from powerpipe.spec.steps import build_steps
 
 from .conftest import make_notebook
 
@@ -32,7 +37,9 @@ PARAMETERS = ("data_path: str | None = None\nlevel: float = 0.0\ndepth: int = 1\
               "sleep: float = 0.0\nworse_later: bool = False\nlog_model: bool = False")
 CELLS = (
     "import time\nimport mlflow\nfrom sklearn.dummy import DummyRegressor\n"
-    "from powerpipe import data, evaluation, modeling, tags, tracking, trials",
+    "from powerpipe.core import tags\n"
+    "from powerpipe.forecast import data, evaluation, modeling\n"
+    "from powerpipe.tracking import store as tracking, trials",
     "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
     "time.sleep(sleep)\nif mode == 'fail':\n    raise RuntimeError(f'failing on purpose at level {level}')\n"
     "if mode == 'hang':\n    time.sleep(600)\nif worse_later:\n"
@@ -175,7 +182,7 @@ def test_cli_refuses_a_bad_space_with_exit_2_and_runs_nothing(project, capsys):
 
 
 def test_cli_refuses_a_search_without_a_storage_for_a_tracking_server(project, capsys, monkeypatch):
-    monkeypatch.setattr("powerpipe.tracking.check_reachable", lambda uri, timeout=5.0: None)
+    monkeypatch.setattr("powerpipe.tracking.store.check_reachable", lambda uri, timeout=5.0: None)
     path = project.config({"n_trials": 5, "space": SPACE})
     assert cli.main(project.args(path, "--tracking-uri", "http://127.0.0.1:9")) == cli.EXIT_USAGE
     assert "stages.train[0].search: a search keeps its study in a database" in capsys.readouterr().err
@@ -263,7 +270,7 @@ def test_search_runs_trials_two_at_once_promotes_the_best_and_is_reused(project)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two at once
     study = project.study(entry["study"])
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    from dashboard import runs as dashboard_runs
+    from powerpipe.dashboard import runs as dashboard_runs
 
     (row,) = dashboard_runs.pipeline_runs(project.client(), model_name="FakeModel")
     assert row.trials == 5  # the dashboard's runs page counts them
@@ -329,7 +336,7 @@ def test_sigkill_mid_search_then_resume_to_exactly_n_trials(project):
 
     path = project.config({"sampler": "random", "n_trials": 6, "seed": 0, "space": SPACE},
                           parameters={"sleep": 1.0}, promote=False)
-    command = [sys.executable, "-c", "import sys; from powerpipe import cli; sys.exit(cli.main(sys.argv[1:]))",
+    command = [sys.executable, "-c", "import sys; from powerpipe.cli.main import main; sys.exit(main(sys.argv[1:]))",
                *project.args(path), "--jobs", "2"]
     process = subprocess.Popen(command, cwd=paths.PROJECT_ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -381,8 +388,8 @@ def _trial_states(project) -> list:
 
 @pytest.mark.slow
 def test_stage_wise_search_is_one_point(project):
-    from powerpipe import stagewise
-    from powerpipe.pipeline import RunOptions
+    from powerpipe.run import stagewise
+    from powerpipe.run.options import RunOptions
 
     path = project.config({"sampler": "random", "n_trials": 3, "seed": 1, "space": SPACE})
     assert stagewise.list_points(path) == ["fake__search"]

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from powerpipe import data, evaluation, features, modeling, serving, tags
+from powerpipe.forecast import data, evaluation, features, modeling, serving
+from powerpipe.core import tags
 
 # The tutorial's request, in the JSON format current MLflow expects, with the hour it is for (UTC, no offset:
 # MLflow's datetime type is timezone-naive), as the README shows it.
@@ -93,7 +94,7 @@ def store(tmp_path, monkeypatch):
     """A private tracking store (artifacts beside it), the active run ended afterwards."""
     import mlflow
 
-    from powerpipe import tracking
+    from powerpipe.tracking import store as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from powerpipe import paths
+from powerpipe.core import paths
 
 SYSTEMD = paths.PROJECT_ROOT / "schedules" / "systemd"
 PLACEHOLDER = "/srv/powerpipe"

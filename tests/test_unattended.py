@@ -26,8 +26,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from powerpipe import cli, data, fsutil, paths, retention, tags, tracking
-from powerpipe.exceptions import DiskFullError, StoreUnreachableError, Terminated, TrackingError
+from powerpipe.cli import main as cli
+from powerpipe.forecast import data
+from powerpipe.core import fsutil, paths, tags
+from powerpipe.tracking import retention, store as tracking
+from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError, Terminated, TrackingError
 
 from .conftest import FakeProject, count_runs, runner_process
 
@@ -90,7 +93,7 @@ def test_cli_exits_128_plus_signal_and_names_it(project, monkeypatch, capsys, si
         time.sleep(5)
         pytest.fail("the signal did not stop the run")
 
-    monkeypatch.setattr(cli, "run", run)
+    monkeypatch.setattr(cli, "run_pipeline_command", run)
     assert cli.main(project.args(project.config({"level": [0.0]}))) == code
     err = capsys.readouterr().err
     assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err
@@ -204,7 +207,7 @@ def test_cli_sets_the_budget_before_mlflow_runs(project, monkeypatch):
                  tracking.HTTP_TIMEOUT_ENV):
         monkeypatch.delenv(name, raising=False)
     seen = {}
-    monkeypatch.setattr(cli, "run", lambda args: seen.update(os.environ) or 0)
+    monkeypatch.setattr(cli, "run_pipeline_command", lambda args: seen.update(os.environ) or 0)
     assert cli.main(project.args(project.config({"level": [0.0]}), "--store-timeout", "20")) == 0
     assert seen[tracking.HTTP_TIMEOUT_ENV] == tracking.store_call_settings(20)[tracking.HTTP_TIMEOUT_ENV]
 
@@ -221,7 +224,7 @@ def test_cli_turns_an_unreachable_store_mid_run_into_one_line(project, monkeypat
                                   "(Caused by NewConnectionError(': Failed to establish a new connection: "
                                   "[Errno 111] Connection refused'))")
 
-    monkeypatch.setattr(cli, "run", run)
+    monkeypatch.setattr(cli, "run_pipeline_command", run)
     code = cli.main(project.args(project.config({"level": [0.0]}), "--tracking-uri", "http://127.0.0.1:1"))
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE
@@ -319,7 +322,7 @@ def test_cli_turns_enospc_mid_run_into_one_line(project, monkeypatch, capsys):
     def run(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(project.outputs / "x" / "summary.json"))
 
-    monkeypatch.setattr(cli, "run", run)
+    monkeypatch.setattr(cli, "run_pipeline_command", run)
     code = cli.main(project.args(project.config({"level": [0.0]}), "--min-free-mb", "0"))
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and err.startswith("error: no space left on ") and "MB free" in err
@@ -330,7 +333,7 @@ def test_papermill_saves_are_atomic(tmp_path, monkeypatch):
     """papermill's own writes of the executed notebook go through our handler (temporary file + rename)."""
     from papermill.iorw import papermill_io
 
-    from powerpipe import execute
+    from powerpipe.execution import engine as execute
 
     target = tmp_path / "executed.ipynb"
     handler = papermill_io.get_handler(str(target), [".ipynb"])
@@ -346,7 +349,7 @@ def test_papermill_saves_are_atomic(tmp_path, monkeypatch):
 def test_render_html_on_a_full_disk_keeps_the_previous_html(tmp_path, notebooks, monkeypatch):
     import nbformat
 
-    from powerpipe import execute
+    from powerpipe.execution import engine as execute
 
     html = tmp_path / "works.html"
     html.write_text("<html>whole</html>")

@@ -1,0 +1,96 @@
+"""One kernel policy for every executor: which kernel a notebook gets, and whether it is kept after.
+
+- a kernel is warmed up (the notebooks' imports preloaded) only when it will be reused;
+- a kernel that died is replaced before the next notebook;
+- a kernel whose notebook failed or timed out is thrown away, never reused;
+- a kernel is replaced after ``max_uses`` notebooks, so a long-lived one cannot grow without bound;
+- every kernel gets the same thread caps, so the kernels of one machine share its cores.
+
+``KernelPool`` (local threads) and the Dask workers both hold their kernels through a ``KernelLease``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from powerpipe.execution import kernels
+from powerpipe.core.exceptions import KernelError
+
+log = logging.getLogger(__name__)
+
+MAX_KERNEL_USES = 25
+
+
+def threads_per_kernel(kernels_on_machine: int) -> int:
+    """BLAS/TensorFlow threads for each kernel, so that the kernels of one machine share its cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, kernels_on_machine))
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """What a kernel is started with; equal settings mean interchangeable kernels."""
+
+    env: tuple[tuple[str, str], ...]
+    warmup: str | None
+
+    @classmethod
+    def for_threads(cls, threads: int, modules: list[str], tracking_uri: str | None, reuse: bool) -> "KernelSettings":
+        threads = max(1, threads)
+        warmup = kernels.warmup_code(modules, tracking_uri, threads) if reuse else None
+        return cls(tuple(sorted(kernels.thread_caps(threads).items())), warmup)
+
+
+class KernelLease:
+    """Hands out kernels under the policy above and knows every kernel it started (to kill them all)."""
+
+    def __init__(self, settings: KernelSettings, reuse: bool = True, max_uses: int = MAX_KERNEL_USES):
+        self.settings, self.reuse, self.max_uses = settings, reuse, max_uses
+        self._live: set[kernels.Kernel] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def start(self) -> kernels.Kernel:
+        if self.closed:
+            raise KernelError("the pipeline was stopped")
+        kernel = kernels.Kernel(env=dict(self.settings.env), warmup=self.settings.warmup if self.reuse else None)
+        with self._lock:
+            self._live.add(kernel)
+        if self.closed:  # killed while this kernel started: run nothing more
+            self.retire(kernel)
+            raise KernelError("the pipeline was stopped")
+        return kernel
+
+    def take(self, kernel: kernels.Kernel | None = None) -> kernels.Kernel:
+        """``kernel`` if it is still alive, else a new one in its place."""
+        if kernel is not None and kernel.alive():
+            return kernel
+        self.retire(kernel)
+        return self.start()
+
+    def give_back(self, kernel: kernels.Kernel, reusable: bool) -> kernels.Kernel | None:
+        """After one notebook: the kernel to keep for the next, or None (it was shut down)."""
+        kernel.uses += 1
+        if self.reuse and reusable and kernel.uses < self.max_uses and not self.closed:
+            return kernel
+        self.retire(kernel)
+        return None
+
+    def retire(self, kernel: kernels.Kernel | None) -> None:
+        if kernel is None:
+            return
+        with self._lock:
+            self._live.discard(kernel)
+        kernel.shutdown()
+
+    def kill_all(self) -> int:
+        """Stop now: every kernel this lease started, busy or idle. Returns how many."""
+        self.closed = True
+        with self._lock:
+            doomed = list(self._live)
+            self._live.clear()
+        for kernel in doomed:
+            kernel.shutdown()
+        return len(doomed)

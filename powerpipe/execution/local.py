@@ -1,0 +1,112 @@
+"""The default executor: notebooks on this machine, ``jobs`` worker threads each owning a warm kernel."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Callable
+
+from powerpipe.core.exceptions import KernelError
+from powerpipe.execution.tasks import NotebookTask, TaskOutcome, run_task
+from powerpipe.execution.lease import KernelLease
+from powerpipe.execution.waiting import wait
+
+log = logging.getLogger(__name__)
+
+
+class KernelPool:
+    """``jobs`` worker threads, each holding one kernel through the lease, started with the first task.
+
+    ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``. Kernels start with the first
+    task, not before: a fully cached run starts none.
+    """
+
+    def __init__(self, jobs: int, lease: KernelLease):
+        self.lease = lease
+        self._tasks: queue.Queue = queue.Queue()
+        self._closing = False
+        self._wanted = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name=f"powerpipe-worker-{i}", daemon=True)
+                         for i in range(max(1, jobs))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, fn))
+        self._wanted.set()
+        return future
+
+    def _work(self) -> None:
+        kernel = None
+        self._wanted.wait()
+        if self.lease.reuse and not self._closing:
+            try:
+                kernel = self.lease.start()  # warm before the task reaches this thread
+            except KernelError as exc:
+                log.warning("%s", exc)
+        while True:
+            item = self._tasks.get()
+            if item is None or self._closing:
+                if item is not None:
+                    item[0].cancel()
+                break
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                kernel = self.lease.take(kernel)
+                result, reusable = fn(kernel)
+                kernel = self.lease.give_back(kernel, reusable)
+                future.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                self.lease.retire(kernel)
+                kernel = None
+                future.set_exception(exc)
+        self.lease.retire(kernel)
+
+    def close(self) -> None:
+        """Finish queued work, then stop the workers and their kernels."""
+        if not self._wanted.is_set():  # never used: no kernel was started
+            self._closing = True
+            self._wanted.set()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def kill(self) -> None:
+        """Stop now: cancel all queued work and kill every kernel (Ctrl-C)."""
+        self._closing = True
+        self._wanted.set()
+        while True:  # every queued task is cancelled, so that nobody waits on it for ever
+            try:
+                item = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        self.lease.kill_all()
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+class LocalExecutor:
+    """Runs notebook tasks on this machine's pool of warm kernels."""
+
+    def __init__(self, jobs: int, lease: KernelLease):
+        self.pool = KernelPool(jobs, lease)
+
+    def run(self, task: NotebookTask) -> TaskOutcome:
+        try:
+            return wait(self.pool.submit(lambda kernel: run_task(task, kernel)))
+        except KernelError as exc:  # no kernel could be started for it: this grid point fails
+            return TaskOutcome(run_id="", ok=False, error=str(exc), output_notebook=task.output_notebook)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def kill(self) -> None:
+        self.pool.kill()
