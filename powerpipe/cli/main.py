@@ -123,6 +123,13 @@ def _run_options(f):
         click.option("--if-running", type=click.Choice(["fail", "wait"]), default="fail", show_default=True,
                      help="when another pipeline run holds the outputs folder: fail at once (exit 75, the holder "
                           "named) or wait for it"),
+        click.option("--as-of", metavar="DATE", default=None,
+                     help="the run sees only the hours before DATE (UTC; '2016-07-04' or '2016-07-04 06:00'): "
+                          "the data, however resolved, is cut there into the run folder and every stage reads "
+                          "that file. Re-runs a past week exactly"),
+        click.option("--fail-on-alert", is_flag=True,
+                     help="exit 3 when monitoring raised an alert (the pipeline file's monitor: limits), so that a "
+                          "scheduler marks the run; without it an alert is printed and the exit code is as usual"),
         click.option("--quiet", is_flag=True,
                      help="no progress bar (and, without a terminal, no line per finished notebook)"),
         _debug_option,
@@ -151,6 +158,7 @@ Other commands (COMMAND --help for each):
   reproduce RUN_ID          re-execute one recorded grid point, check its metrics
   start / stage / finish    one stage at a time, for a scheduler's tasks
   list-points               the training grid points' labels
+  rollback [--to VERSION]   move the production alias back (default: to its previous holder)
   dashboard                 serve the dashboard on the production model
 
 \b
@@ -253,6 +261,27 @@ def list_points(**params):
 
 
 @cli.command()
+@click.option("--to", "to_version", metavar="VERSION", default=None,
+              help="the version to give the alias back to (default: the version that held it before the current one)")
+@_config_option
+@_store_options
+@_debug_option
+def rollback(to_version, **params):
+    """Move the production alias (the pipeline file's stages.promote model and alias) back to an earlier
+    version, and record the move in the alias history. Takes the outputs folder's lock as a run does
+    (exit 75 while a run holds it); an unknown version is refused (exit 2)."""
+    args = _invocation(params)
+    from powerpipe.run.rollback import rollback as roll_back
+
+    name, alias, move = roll_back(args.config, to_version, tracking_uri=args.tracking_uri, outputs=args.outputs)
+    if move is None:
+        print(f"nothing to roll back: models:/{name}@{alias} is already version {to_version}")
+    else:
+        print(f"rolled back: models:/{name}@{alias} version {move.from_version} -> version {move.to_version}")
+    return EXIT_OK
+
+
+@cli.command()
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (this machine only)")
@@ -282,7 +311,7 @@ _ARGUMENT_DEFAULTS = dict(
     executor=None, scheduler=None, timeout=None, store_timeout=None, min_free_mb=0, keep_runs=None,
     fresh_kernels=False, force=False, force_promote=False, reproduce=None, search_storage=None, if_running="fail",
     dry_run=False, start=False, pipeline_run=None, stage=None, point=None, finish=False, list_points=False,
-    debug=False, quiet=False,
+    debug=False, quiet=False, as_of=None, fail_on_alert=False,
 )
 
 
@@ -395,6 +424,14 @@ def check_arguments(args) -> str | None:
         return f"--min-free-mb must be 0 (no check) or a positive number of MB, got {min_free:g}"
     if args.keep_runs is not None and args.keep_runs < 1:
         return f"--keep-runs must be at least 1 (the run just made is always kept), got {args.keep_runs}"
+    if getattr(args, "as_of", None) is not None:
+        from powerpipe.core.exceptions import ConfigError
+        from powerpipe.forecast.windows import parse_time
+
+        try:
+            parse_time(args.as_of)
+        except ConfigError as exc:
+            return str(exc)
     return None
 
 
@@ -481,7 +518,7 @@ def stagewise_command(args) -> int:
     if args.finish:
         summary = stagewise.finish(args.outputs, args.pipeline_run, on_step=on_step)
         print_summary(summary, Path(args.outputs).resolve() / summary["pipeline_run_id"])
-        return EXIT_OK if summary["status"] == OK else EXIT_FAILED
+        return exit_code(summary, stagewise.fails_on_alert(args.outputs, args.pipeline_run))
     ok = stagewise.run_stage(args.outputs, args.pipeline_run, args.stage, args.point, on_step=on_step)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -503,7 +540,7 @@ def run_options(args):
                       jobs=args.jobs, reuse_kernels=not args.fresh_kernels, timeout=args.timeout,
                       force=args.force, force_promote=args.force_promote, progress=not args.quiet,
                       executor=executor, scheduler=args.scheduler, if_running=args.if_running,
-                      search_storage=args.search_storage)
+                      search_storage=args.search_storage, as_of=args.as_of, fail_on_alert=args.fail_on_alert)
 
 
 def run_pipeline_command(args) -> int:
@@ -537,10 +574,18 @@ def run_pipeline_command(args) -> int:
         if bar is not None:
             bar.close()
     print_summary(summary, Path(options.outputs).resolve() / summary["pipeline_run_id"])
-    code = EXIT_OK if summary["status"] == OK else EXIT_FAILED
+    code = exit_code(summary, args.fail_on_alert)
     if args.keep_runs is not None:
         collect_garbage(args.outputs, args.tracking_uri, args.keep_runs)
     return code
+
+
+def exit_code(summary: dict, fail_on_alert: bool) -> ExitCode:
+    """0 for a run that went well, 1 for one that did not; 3 for one that went well but raised a monitoring
+    alert, with ``--fail-on-alert`` (a failed run stays 1)."""
+    if summary["status"] != OK:
+        return EXIT_FAILED
+    return ExitCode.ALERT if fail_on_alert and summary.get("alerts") else EXIT_OK
 
 
 def progress_display(quiet: bool) -> str:
@@ -613,14 +658,49 @@ def print_summary(summary: dict, run_dir: Path) -> None:
         print("NOTE: this run used SYNTHETIC data (generated, not measured).")
     promoted = summary["promoted"]
     if promoted:
+        refit = promoted.get("refit_run_id")
         print(f"promoted: {promoted['name']} version {promoted['version']} "
-              f"({promoted['metric']}={promoted['value']:.4g}, run {promoted['run_id']})")
+              f"({promoted['metric']}={promoted['value']:.4g}, run {promoted.get('evaluated_run_id') or promoted['run_id']}"
+              + (f", refit on every hour as run {refit}" if refit else "") + ")")
     else:
         print("promoted: nothing")
     if summary["report"]:
         print(f"report:   {run_dir / summary['report']}")
     print(f"summary:  {run_dir / 'summary.json'}")
     print(f"status:   {summary['status']}")
+    print_watch(summary)
+
+
+def watch_line(monitoring: dict) -> str:
+    """One line of what monitoring found: the live error next to the holdout's, the skill against baselines."""
+    if monitoring.get("status") != "ok":
+        return f"monitoring: {monitoring.get('message', monitoring.get('status'))}"
+    live, holdout = monitoring["live"], monitoring.get("holdout") or {}
+    text = (f"monitoring: {monitoring['message']}: RMSE {live['rmse']:.3g} GW, R² {live['r2']:.3f}"
+            + (f" (holdout: RMSE {holdout['rmse']:.3g} GW, R² {holdout['r2']:.3f})"
+               if "rmse" in holdout and "r2" in holdout else ""))
+    skills = [f"{name} {monitoring[name]['skill']:.3f}" for name in ("persistence", "climatology")
+              if monitoring.get(name) and monitoring[name].get("skill") is not None]
+    return text + (f"; skill against {', '.join(skills)}" if skills else "")
+
+
+def print_watch(summary: dict) -> None:
+    """--as-of, the data period, monitoring in one line, and every alert, loudly, last (where a log tail shows it)."""
+    if summary.get("as_of"):
+        print(f"as of:    {summary['as_of']} (the run saw only the hours before it)")
+    period = summary.get("data_period")
+    if period:
+        print(f"data:     {period['start'][:16].replace('T', ' ')} to {period['end'][:16].replace('T', ' ')} UTC")
+    if summary.get("monitoring"):
+        print(watch_line(summary["monitoring"]))
+    alerts = summary.get("alerts") or []
+    if alerts:
+        print()
+        print("!" * 78)
+        print(f"ALERT{'S' if len(alerts) > 1 else ''}: monitoring of the production model")
+        for alert in alerts:
+            print(f"  ALERT: {alert}")
+        print("!" * 78)
 
 
 def _display_path(path: Path) -> str:

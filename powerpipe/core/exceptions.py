@@ -46,6 +46,10 @@ class StoreUnreachableError(TrackingError):
     """The tracking store did not answer (a server down, a database host unreachable): not "no such thing"."""
 
 
+class RollbackError(TrackingError):
+    """An alias cannot be moved back: the version named does not exist, or no earlier holder is recorded."""
+
+
 class KernelError(PipelineError):
     """A kernel could not be started or prepared."""
 

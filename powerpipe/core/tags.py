@@ -61,6 +61,32 @@ METRIC_VALUE = "powerpipe.metric_value"
 PREVIOUS_VERSION = "powerpipe.previous_version"
 PREVIOUS_METRIC_VALUE = "powerpipe.previous_metric_value"
 FORCED = "powerpipe.forced"
+TRAINED_UNTIL = "powerpipe.trained_until"  # ISO time of the last hour the registered model learnt
+EVALUATED_RUN = "powerpipe.evaluated_run"  # the run whose holdout and backtest scores chose it
+SCORES = "powerpipe.scores"  # JSON: the evaluated run's holdout and backtest metrics (rmse, backtest_r2, ...)
+# -- the weekly loop: the champion's configuration retrained, the winner refit on all the data ----------
+CHAMPION_OF = "powerpipe.champion_of"  # on a training run: "<model>/<version>" whose configuration it retrains
+REFIT_OF = "powerpipe.refit_of"  # on a refit run: the evaluated run whose configuration it fitted on every hour
+# -- on a registered model: every move of an alias, one tag per move (append-only) -----------------------
+ALIAS_HISTORY = "powerpipe.alias_history"  # keys "<ALIAS_HISTORY>.<alias>.<UTC stamp>", values JSON
+
+
+def alias_history_key(alias: str, stamp: str) -> str:
+    return f"{ALIAS_HISTORY}.{alias}.{stamp}"
+
+
+# -- the data a pipeline run saw, and the production model watched (powerpipe.tracking.monitoring) -------
+AS_OF = "powerpipe.as_of"  # on the parent run: --as-of, the run saw only hours before it ("" without)
+DATA_START = "powerpipe.data_start"  # on the parent run: first and last hour of the data its models read
+DATA_END = "powerpipe.data_end"
+ALERTS = "powerpipe.alerts"  # on the parent and the monitoring run: how many monitoring alerts it raised
+KIND_MONITORING = "monitoring"  # a run's kind: the production model scored on the hours it never learnt
+MONITORED_MODEL = "powerpipe.monitored_model"  # on a monitoring run: "<model>/<version>" it scored
+MONITORING_STATUS = "powerpipe.monitoring_status"  # on a monitoring run: ok, no_new_hours, ...
+MONITORING_ARTIFACT_DIR = "monitoring"
+MONITORING_ARTIFACT = f"{MONITORING_ARTIFACT_DIR}/monitoring.json"  # what summary.json says of it
+MONITORING_HISTORY_ARTIFACT = f"{MONITORING_ARTIFACT_DIR}/history.csv"  # one row per week, every metric
+
 
 # -- artifact paths ---------------------------------------------------------------------------------
 MODEL_ARTIFACT = "model"

@@ -7,9 +7,19 @@ parameter ``evaluation`` (a dict); ``Evaluation.from_dict`` checks it:
   every hour before ``test_start``, test on every hour from it on. The backtest refits on an expanding
   window and scores each following period: fold k (1-based) tests on
   ``[test_start + (k-1)·L, test_start + k·L)`` and trains on every hour before that period.
+- ``{split: time, test_period: "52w", ...}``: the test period is the last 52 weeks of the data (also
+  ``"12w"``, ``"90d"``, ``"72h"``; ``powerpipe.forecast.windows``), so a weekly run tests on its most
+  recent year and trains on everything before. It is *resolved* against the data actually used
+  (``Evaluation.against``): ``test_start`` becomes the hour ``test_period`` before the data's end. The
+  runner resolves it once per pipeline run and passes the resolved contract (``test_period`` and the
+  ``test_start`` it resolved to), which enters the cache key and the runs' tags; a notebook given an
+  unresolved one resolves it against its own frame.
 - ``{split: random, test_size: 0.2, random_state: 42}``: the tutorial's shuffled split of hours. Hours
   of the same day fall on both sides, so its scores flatter every model; kept to reproduce the
   tutorial. No backtest (a backtest needs time order).
+- ``{split: none}``: no hour held out; the runner passes it to refit a chosen configuration on every
+  hour (``stages.promote.refit``). A notebook then fits and logs its model and scores nothing
+  (``Evaluation.has_test`` is False; ``holdout`` gives empty test frames).
 
 ``X`` is always the raw schema a served model takes (``utc_timestamp`` as a column plus the four
 weather columns, index the time), ``y`` the two targets, so ``model.predict(X_test)`` is exactly what
@@ -31,10 +41,11 @@ from powerpipe.core.exceptions import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-SPLITS = ("time", "random")
+SPLITS = ("time", "random", "none")
 FOLD_LENGTHS = {"week": {"weeks": 1}, "month": {"months": 1}, "quarter": {"months": 3}, "year": {"years": 1}}
-TIME_KEYS = ("split", "test_start", "folds", "fold_length")
+TIME_KEYS = ("split", "test_start", "test_period", "folds", "fold_length")
 RANDOM_KEYS = ("split", "test_size", "random_state")
+NONE_KEYS = ("split",)  # the refit of a chosen configuration: every hour learnt, none held out
 
 DEFAULT_TEST_START = "2016-01-01"
 DEFAULT_FOLDS = 4
@@ -51,7 +62,9 @@ class Evaluation:
     """One evaluation contract. Build it with ``from_dict`` (checked) or ``Evaluation()`` (the default)."""
 
     split: str = "time"
-    test_start: str = DEFAULT_TEST_START  # time split: first hour of the test period, UTC
+    test_start: str | None = DEFAULT_TEST_START  # time split: first hour of the test period, UTC (None: not
+    # resolved yet against the data, see test_period)
+    test_period: str | None = None  # time split: the test period is the last this long of the data ("52w")
     folds: int = DEFAULT_FOLDS  # time split: backtest folds (0: no backtest)
     fold_length: str = DEFAULT_FOLD_LENGTH  # time split: one of FOLD_LENGTHS
     test_size: float = DEFAULT_TEST_SIZE  # random split: share of hours held out
@@ -72,6 +85,11 @@ class Evaluation:
         split = raw.get("split", "time")
         if split not in SPLITS:
             raise ConfigError(f"evaluation.split must be 'time' or 'random', got {split!r}")
+        if split == "none":  # what the runner passes to refit a winner; no other key means anything here
+            extra = [key for key in raw if key != "split"]
+            if extra:
+                raise ConfigError(f"evaluation.{extra[0]} means nothing with split: none (every hour is learnt)")
+            return cls(split="none", folds=0)
         allowed = TIME_KEYS if split == "time" else RANDOM_KEYS
         for key in raw:
             if key not in allowed:
@@ -98,13 +116,24 @@ class Evaluation:
         fold_length = raw.get("fold_length", DEFAULT_FOLD_LENGTH)
         if fold_length not in FOLD_LENGTHS:
             raise ConfigError(f"evaluation.fold_length must be one of {', '.join(FOLD_LENGTHS)}, got {fold_length!r}")
+        test_period = raw.get("test_period")
+        if test_period is not None:  # relative: resolved against the data (with its test_start: resolved)
+            from powerpipe.forecast.windows import parse_period, period_text
+
+            parse_period(test_period)
+            test_start = raw.get("test_start")
+            return cls(split="time", test_start=_time_text(test_start) if test_start is not None else None,
+                       test_period=period_text(test_period), folds=folds, fold_length=fold_length)
         return cls(split="time", test_start=_time_text(raw.get("test_start", DEFAULT_TEST_START)), folds=folds,
                    fold_length=fold_length)
 
     def as_dict(self) -> dict[str, Any]:
         """The keys that matter for this split, JSON-ready: what the runner passes and the run is tagged with."""
-        keys = TIME_KEYS if self.split == "time" else RANDOM_KEYS
-        return {key: getattr(self, key) for key in keys}
+        keys = TIME_KEYS if self.split == "time" else RANDOM_KEYS if self.split == "random" else NONE_KEYS
+        # A fixed window has no test_period, an unresolved relative one no test_start yet: left out, so a
+        # fixed window's dict (its cache key, its tag) is what it always was.
+        return {key: getattr(self, key) for key in keys
+                if not (key in ("test_start", "test_period") and getattr(self, key) is None)}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
@@ -113,21 +142,61 @@ class Evaluation:
         """Short text for tags, the leaderboard, the report and the model card."""
         if self.split == "random":
             return f"random split, {self.test_size:.0%} of hours held out (seed {self.random_state})"
-        text = f"time split, test from {self.test_start}"
+        if self.split == "none":
+            return "refit on every hour, none held out"
+        if self.test_period is not None:
+            from powerpipe.forecast.windows import describe_period
+
+            text = f"time split, test on the last {describe_period(self.test_period)}"
+            text += f" (from {self.test_start})" if self.test_start is not None else ""
+        else:
+            text = f"time split, test from {self.test_start}"
         if self.folds:
             text += f", backtest {self.folds} {self.fold_length}ly fold{'s' if self.folds > 1 else ''}"
         return text
 
     @property
     def start(self) -> "pd.Timestamp":
-        """``test_start`` as a UTC time."""
+        """``test_start`` as a UTC time (a relative window must be resolved first: ``against``)."""
         import pandas as pd
 
+        if self.test_start is None:
+            raise ConfigError(f"evaluation: the last {self.test_period} of which data? resolve the test period "
+                              "against a frame first (Evaluation.against)")
         return pd.Timestamp(self.test_start, tz="UTC")
+
+    @property
+    def is_relative(self) -> bool:
+        """A test period counted back from the data's end (``test_period``), resolved or not."""
+        return self.split == "time" and self.test_period is not None
+
+    def against(self, frame: "pd.DataFrame | None" = None, last_hour=None) -> "Evaluation":
+        """This contract with a relative window resolved against the data: ``test_start`` is the hour
+        ``test_period`` before the hour after the data's last (``frame``'s, or ``last_hour``). A fixed
+        window, a random split, or a window already resolved: itself. A new week of data moves the
+        test start, and so the end of training, by a week."""
+        from dataclasses import replace
+
+        if not self.is_relative or self.test_start is not None:
+            return self
+        from powerpipe.forecast.windows import relative_start, time_text
+
+        if last_hour is None:
+            if frame is None:
+                raise ConfigError("evaluation: a relative test period needs the data to resolve it against")
+            last_hour = _by_time(frame).index.max()
+        return replace(self, test_start=time_text(relative_start(last_hour.to_pydatetime()
+                                                                 if hasattr(last_hour, "to_pydatetime")
+                                                                 else last_hour, self.test_period)))
 
     @property
     def has_backtest(self) -> bool:
         return self.split == "time" and self.folds > 0
+
+    @property
+    def has_test(self) -> bool:
+        """False for ``split: none`` (a refit): no hour held out, nothing to score, only a model to log."""
+        return self.split != "none"
 
 
 def resolve(evaluation: "Evaluation | Mapping[str, Any] | None") -> Evaluation:
@@ -179,7 +248,7 @@ def holdout(frame: pd.DataFrame, evaluation: "Evaluation | Mapping[str, Any] | N
     from powerpipe.forecast.data import TARGETS
     from powerpipe.forecast.features import raw_input
 
-    spec = resolve(evaluation)
+    spec = resolve(evaluation).against(frame)
     frame = _by_time(frame)
     X, y = raw_input(frame), frame[TARGETS]
     y = y.set_axis(X.index)
@@ -187,6 +256,8 @@ def holdout(frame: pd.DataFrame, evaluation: "Evaluation | Mapping[str, Any] | N
         from sklearn.model_selection import train_test_split
 
         return tuple(train_test_split(X, y, test_size=spec.test_size, random_state=spec.random_state))
+    if spec.split == "none":  # a refit: every hour to train on, an empty test set
+        return X, X.iloc[:0], y, y.iloc[:0]
     test = np.asarray(frame.index >= spec.start)
     _check_sides(frame, spec.start, test)
     return X[~test], X[test], y[~test], y[test]
@@ -205,7 +276,7 @@ def backtest_folds(frame: pd.DataFrame, evaluation: "Evaluation | Mapping[str, A
     from powerpipe.forecast.data import TARGETS
     from powerpipe.forecast.features import raw_input
 
-    spec = resolve(evaluation)
+    spec = resolve(evaluation).against(frame)
     if not spec.has_backtest:
         return []
     frame = _by_time(frame)
@@ -330,7 +401,8 @@ def _check_sides(frame: pd.DataFrame, start: pd.Timestamp, test: np.ndarray) -> 
         side = "no test hours: the data ends" if not test.any() else "no training hours: the data starts"
         raise ConfigError(f"evaluation: time split at {start:%Y-%m-%d %H:%M} UTC leaves {side} "
                           f"{last if not test.any() else first:%Y-%m-%d %H:%M} (data {first:%Y-%m-%d} to "
-                          f"{last:%Y-%m-%d}); set test_start inside the data")
+                          f"{last:%Y-%m-%d}); set test_start inside the data (or a test_period shorter "
+                          "than the data)")
 
 
 def _time_text(value: Any) -> str:

@@ -179,6 +179,8 @@ def log_datasets(data_path: str | os.PathLike, evaluation: Evaluation | dict | N
     sha256 = sha256 or file_sha256(path)
     spec = resolve(evaluation)
     for context, X, y in (("training", X_train, y_train), ("testing", X_test, y_test)):
+        if not len(X):  # a refit (split: none) holds no hour out
+            continue
         frame = pd.concat([model_input(X).reset_index(drop=True), y[TARGETS].reset_index(drop=True)], axis=1)
         dataset = PandasDataset(frame, source=LocalArtifactDatasetSource(str(path)), targets=None,
                                 name=f"{path.name} ({context}, {_part(spec, context)})", digest=sha256[:DIGEST_LENGTH])
@@ -214,6 +216,8 @@ def _log_input(dataset, context: str, input_tags: dict[str, str], attempts: int 
 
 
 def _part(spec: Evaluation, context: str) -> str:
+    if spec.split == "none":
+        return "every hour"
     if spec.split == "time":
         return f"before {spec.test_start}" if context == "training" else f"from {spec.test_start}"
     share = 1 - spec.test_size if context == "training" else spec.test_size

@@ -25,3 +25,5 @@ class RunOptions:
     scheduler: str | None = None  # Dask scheduler address; None with "dask": a LocalCluster of `jobs` workers
     if_running: str = "fail"  # another run holds the outputs folder: "fail" at once, or "wait" for it
     search_storage: str | None = None  # database of the searches' studies (default: beside a SQLite store)
+    as_of: str | None = None  # --as-of: the run sees only the hours before this time (UTC)
+    fail_on_alert: bool = False  # --fail-on-alert: a monitoring alert makes the command exit 3

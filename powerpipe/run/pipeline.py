@@ -43,6 +43,8 @@ class Pipeline:
                                            data_path=str(source.path), synthetic_data=source.synthetic)
         self.data_sha256 = source.sha256
         self.promotion, self.report = None, None
+        self.watch: dict | None = None  # as_of, data_period, monitoring, alerts: once the data is settled (``watch``)
+        self.champion = None  # the alias holder's configuration in this run's grid (``refit.plan_champion``)
         self.on_change: Callable[[Pipeline], None] = lambda pipeline: None  # state to keep (stage-wise runs)
 
     run_id = property(lambda self: self.recorder.run_id)
@@ -90,8 +92,11 @@ class Pipeline:
             self.recorder.end_running_children(
                 "interrupted" if status == KILLED else str(fatal) if fatal else "left open when the pipeline "
                 "ended (its worker died before the notebook finished; the grid point ran again or failed)")
+        from powerpipe.run.watch import summary_keys
+
         summary = self.recorder.summary(status, [step.label for step in self.steps], self.data_summary(),
-                                        self.promotion, self.report, error=str(fatal) if fatal else None)
+                                        self.promotion, self.report, error=str(fatal) if fatal else None,
+                                        watch=summary_keys(self))
         self.recorder.finish(summary, store=store_ok)
         return summary
 
@@ -99,7 +104,7 @@ class Pipeline:
     def run_process(self) -> bool:
         steps = self.of_stage("process")
         if not steps:
-            return True
+            return self.settle_data()
         processed = run_process(self, steps[0])
         if processed is None:
             return False
@@ -107,14 +112,25 @@ class Pipeline:
         self.data_sha256 = data_module.file_sha256(processed)
         self.recorder.tag_run(self.recorder.parent_run_id, {tags.PROCESSED_DATA_SHA256: self.data_sha256})
         self.on_change(self)
-        return True
+        return self.settle_data()
+
+    def settle_data(self) -> bool:
+        """Before training: the data cut at --as-of, the relative test window resolved, the production
+        model monitored (``watch.settle``; once per pipeline run)."""
+        from powerpipe.run.watch import settle
+
+        return settle(self)
 
     def run_training(self, labels: list[str] | None = None) -> list[StepResult]:
         """Every training grid point at once, each search beside them, trials sharing the executor (or
         those named by ``labels``). A search's results are its trials'."""
         steps = [step for step in self.of_stage("train") if labels is None or step.label in labels]
-        results = self.in_parallel([lambda step=step: self.run_search(step) if step.is_search else [self.run_step(step)]
-                                    for step in steps])
+        calls = [lambda step=step: self.run_search(step) if step.is_search else [self.run_step(step)] for step in steps]
+        if labels is None and self.config.promote is not None:  # the production model's configuration, retrained
+            from powerpipe.run.refit import run_champion
+
+            calls.append(lambda: run_champion(self))
+        results = self.in_parallel(calls)
         return [result for each in results for result in each]
 
     def run_search(self, step: Step) -> list[StepResult]:

@@ -171,9 +171,10 @@ class RunRecorder:
             self.client.set_terminated(run.info.run_id, "KILLED")
 
     def summary(self, status: str, order: list[str], data: dict, promotion, report: str | None,
-                error: str | None = None) -> dict:
+                error: str | None = None, watch: dict | None = None) -> dict:
         """summary.json's content; results in pipeline order (``order``: step labels; a search's trials
-        where the search is, by number), not completion order."""
+        where the search is, by number), not completion order. ``watch``: ``as_of``, ``data_period``,
+        ``monitoring`` and ``alerts`` (``run.watch``)."""
         from powerpipe.spec.search_space import trial_position
 
         rank = {label: i for i, label in enumerate(order)}
@@ -186,6 +187,7 @@ class RunRecorder:
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": data,
+            **(watch or {}),
             "grid_points": [r.as_dict() for r in results],
             "promoted": promotion.as_dict() if promotion else None,
             "report": report,

@@ -81,6 +81,10 @@ def prepare(options, on_step=None, scheduled: bool = False):
     try:
         if source is None:
             source = data_module.resolve(options.data, generated_dir=run_dir / "data")
+        if getattr(options, "as_of", None):  # the run sees only hours before it: its input cut into the run folder
+            from powerpipe.run.watch import cut_source
+
+            source = cut_source(source, options.as_of, run_dir)
         if source.synthetic:
             log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
                         source.path)

@@ -52,15 +52,11 @@ def run_process(pipeline, step: Step) -> Path | None:
 
 
 def run_promote(pipeline, trained: list[StepResult]):
-    from powerpipe.tracking.promotion import Candidate, promote
+    """The gate (the holder's configuration retrained on the same split), the winner's refit, the registry:
+    ``refit.run_promote``."""
+    from powerpipe.run.refit import run_promote as promote_stage
 
-    spec = pipeline.config.promote
-    if spec is None:
-        return None
-    candidates = [Candidate(r.mlflow_run_id, OK, r.metrics) for r in trained if r.mlflow_run_id]
-    return promote(pipeline.recorder.client, candidates, spec, pipeline.recorder.run_id,
-                   Path(pipeline.runtime.data_path), force=pipeline.force_promote,
-                   evaluation=pipeline.config.evaluation)
+    return promote_stage(pipeline, trained)
 
 
 def run_report(pipeline, step: Step) -> str | None:
@@ -77,7 +73,12 @@ def run_report(pipeline, step: Step) -> str | None:
         return None
     runtime = dataclasses.replace(pipeline.runtime, model_uri=f"models:/{spec.model_name}/{holder.version}")
     html = recorder.run_dir / tags.REPORT_ARTIFACT_DIR / tags.REPORT_HTML_NAME
-    result = pipeline.runner.run_with_output(step, runtime, pipeline.data_sha256, tags.REPORT_PATH, html,
+    from powerpipe.run.watch import fingerprint
+
+    # What monitoring found is part of the report (its first section): a cached report is reused only
+    # with the same data, model and monitoring.
+    inputs = f"{pipeline.data_sha256}+monitoring:{fingerprint(pipeline.watch)}" if pipeline.watch else pipeline.data_sha256
+    result = pipeline.runner.run_with_output(step, runtime, inputs, tags.REPORT_PATH, html,
                                              data=(Path(runtime.data_path), pipeline.data_sha256), render=False,
                                              report_html=html)
     if result.status not in DONE:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline.json"
 _OPTIONS = ("data", "jobs", "reuse_kernels", "timeout", "force", "force_promote", "executor", "scheduler",
-            "search_storage")
+            "search_storage", "as_of", "fail_on_alert")
 
 
 def state_path(run_dir: Path) -> Path:
@@ -60,6 +60,7 @@ def save_state(pipeline: Pipeline, options: RunOptions) -> None:
         "data_sha256": pipeline.data_sha256,
         "promotion": dataclasses.asdict(pipeline.promotion) if pipeline.promotion else None,
         "report": pipeline.report,
+        "watch": pipeline.watch,  # as_of, data_period, monitoring, alerts (``watch.settle``)
     }
     atomic_write_text(state_path(recorder.run_dir), json.dumps(state, indent=1, default=str) + "\n")
 
@@ -71,6 +72,8 @@ def start(options: RunOptions) -> Pipeline:
     pipeline = prepare(options, scheduled=True)
     save_state(pipeline, options)
     pipeline.on_change = lambda changed: save_state(changed, options)
+    if pipeline.config.process is None:  # the data is final now: monitoring, the window, before any training task
+        pipeline.settle_data()
     return pipeline
 
 
@@ -107,7 +110,9 @@ def resume(outputs: Path, pipeline_run_id: str, stage: str | None = None, point:
     # linear regression point would cost seconds per task).
     mine = list(dict.fromkeys(step.notebook for step in steps
                               if step.stage == stage and point in (None, step.label)))
-    executor = executor_for(options, mine, uri, run_dir, source, jobs) if mine and stage != "promote" else None
+    if stage == "promote":  # the production model's configuration retrained, the winner's refit (powerpipe.run.refit)
+        mine = list(dict.fromkeys(spec.notebook for spec in config.train))  # kernels start only if one runs
+    executor = executor_for(options, mine, uri, run_dir, source, jobs) if mine else None
     cached_runs = {} if options.force else cache.finished_runs_by_key(client, state["experiment_id"])
     runner = StepRunner(recorder, executor, uri, config.experiment, options.timeout or config.timeout,
                         notebook_hashes(notebooks), cached_runs)
@@ -117,6 +122,7 @@ def resume(outputs: Path, pipeline_run_id: str, stage: str | None = None, point:
     pipeline.data_sha256 = state["data_sha256"]
     pipeline.promotion = Promotion(**state["promotion"]) if state["promotion"] else None
     pipeline.report = state["report"]
+    pipeline.watch = state.get("watch")
     pipeline.on_change = lambda changed: save_state(changed, options)
     return pipeline
 
@@ -175,6 +181,14 @@ def finish(outputs: Path, pipeline_run_id: str, on_step=None) -> dict:
         return pipeline.close(pipeline.outcome())
     finally:
         RunLock(outputs).release(pipeline_run_id)
+
+
+def fails_on_alert(outputs: Path, pipeline_run_id: str) -> bool:
+    """Whether the pipeline run was started with ``--fail-on-alert`` (``finish`` then exits 3 on an alert)."""
+    path = state_path(Path(outputs).resolve() / pipeline_run_id)
+    if not path.is_file():
+        return False
+    return bool(json.loads(path.read_text(encoding="utf-8"))["options"].get("fail_on_alert"))
 
 
 def list_points(config_path: Path) -> list[str]:

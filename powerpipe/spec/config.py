@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from powerpipe.core import paths
 from powerpipe.core.exceptions import ConfigError
 from powerpipe.core.constants import DEFAULT_GOAL, DEFAULT_METRIC, MODEL_NAME, PRODUCTION_ALIAS, STAGES, Goal
+from powerpipe.spec.monitor import MonitorSpec, parse_monitor
 from powerpipe.spec.parameterize import check_values, read_parameters
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ RUNTIME_PARAMETERS = {
     "process": ("input_path", "output_path"),
     "train": ("data_path", "evaluation"),
     "compare": ("parent_run_id", "run_ids", "metric", "goal"),
-    "report": ("model_uri", "data_path", "synthetic_data"),
+    "report": ("model_uri", "data_path", "synthetic_data", "monitoring_path"),
 }
 # Passed only when the pipeline file declares it (then every notebook of the stage must take it).
 OPTIONAL_RUNTIME_PARAMETERS = {"evaluation"}
@@ -101,6 +102,9 @@ class PromoteSpec:
     goal: str = DEFAULT_GOAL
     model_name: str = MODEL_NAME
     alias: str = PRODUCTION_ALIAS
+    # Register the winner refit on every hour of the data (not the model fitted on its training window).
+    # None (the key left out): refit when every training notebook takes ``evaluation`` (the refit's split).
+    refit: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class PipelineConfig:
     promote: PromoteSpec | None
     report: NotebookSpec | None
     evaluation: dict[str, Any] | None = None  # how every model is scored (``powerpipe.evaluation``)
+    monitor: "MonitorSpec | None" = None  # when the production model's live error is an alert (``monitor:``)
 
     def runtime_parameters(self, stage: str) -> tuple[str, ...]:
         """The runner's own parameters for a stage's notebooks under this config."""
@@ -146,7 +151,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    _no_unknown(raw, {"experiment", "root", "timeout", "evaluation", "stages"}, str(path))
+    _no_unknown(raw, {"experiment", "root", "timeout", "evaluation", "monitor", "stages"}, str(path))
 
     root_value = _typed(raw, "root", str, path, ".", default=None)
     root = (path.parent / root_value).resolve() if root_value is not None else paths.PROJECT_ROOT
@@ -156,6 +161,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: key 'timeout' must be a positive number of seconds, got {timeout}")
 
     evaluation = _evaluation(raw.get("evaluation"), path)
+    monitor = parse_monitor(raw.get("monitor"), f"{path}: monitor")
 
     stages = raw.get("stages")
     if not isinstance(stages, dict):
@@ -226,7 +232,10 @@ def load_config(path: str | Path) -> PipelineConfig:
         where = f"{path}: stages.promote"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping")
-        _no_unknown(entry, {"metric", "goal", "model_name", "alias"}, where)
+        _no_unknown(entry, {"metric", "goal", "model_name", "alias", "refit"}, where)
+        refit = entry.get("refit")
+        if refit is not None and not isinstance(refit, bool):
+            raise ConfigError(f"{where}.refit must be true or false, got {refit!r}")
         metric = _typed(entry, "metric", str, path, "stages.promote.metric", default="rmse")
         if metric not in METRICS:
             raise ConfigError(f"{where}.metric: unknown metric {metric!r}; one of {', '.join(METRICS)}")
@@ -239,12 +248,13 @@ def load_config(path: str | Path) -> PipelineConfig:
             goal=goal,
             model_name=_typed(entry, "model_name", str, path, "stages.promote.model_name", default=MODEL_NAME),
             alias=_typed(entry, "alias", str, path, "stages.promote.alias", default=PRODUCTION_ALIAS),
+            refit=refit,
         )
     if single["report"] is not None and promote is None:
         raise ConfigError(f"{path}: stages.report needs stages.promote (the report uses the promoted model)")
 
     return PipelineConfig(path, experiment, timeout, single["process"], train, single["compare"], promote,
-                          single["report"], evaluation)
+                          single["report"], evaluation, monitor)
 
 
 def _evaluation(raw: Any, path: Path) -> dict[str, Any] | None:
@@ -257,9 +267,16 @@ def _evaluation(raw: Any, path: Path) -> dict[str, Any] | None:
     from powerpipe.forecast.evaluation import Evaluation
 
     try:
-        return Evaluation.from_dict(raw).as_dict()
+        if raw.get("test_start") is not None and raw.get("test_period") is not None:
+            raise ConfigError("give either test_start (a fixed date) or test_period (the last weeks of the data, "
+                              "e.g. '52w'), not both")
+        evaluation = Evaluation.from_dict(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: evaluation: {exc}") from None
+    if not evaluation.has_test:
+        raise ConfigError(f"{path}: evaluation: split: none scores nothing; it is what the runner passes to refit "
+                          "the winner (stages.promote.refit)")
+    return evaluation.as_dict()
 
 
 def validate_parameters(config: PipelineConfig) -> None:
@@ -287,6 +304,11 @@ def validate_parameters(config: PipelineConfig) -> None:
         if spec.search is not None:
             spec.search.validate(spec.notebook, spec.parameters, RUNTIME_PARAMETERS.get(spec.stage, ()),
                                  f"{spec.where}.search")
+        if spec.stage == "train" and config.promote is not None and config.promote.refit \
+                and "evaluation" not in declared:
+            raise ConfigError(f"{config.path}: stages.promote.refit: {spec.notebook.name} cannot be refit on every "
+                              "hour: its parameters cell has no `evaluation` (the refit passes {split: none}); "
+                              "declare it, or set refit: false")
 
 
 def _no_unknown(mapping: dict, allowed: set[str], where: str) -> None:

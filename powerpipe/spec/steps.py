@@ -34,6 +34,7 @@ class Runtime:
     goal: Any = DEFAULT_GOAL
     model_uri: Any = "<production model version>"
     synthetic_data: Any = "<whether the data is synthetic>"
+    monitoring_path: Any = "<run>/monitoring.json"  # what monitoring found before training (as_of, alerts, ...)
 
     @classmethod
     def planned(cls, config: PipelineConfig) -> "Runtime":

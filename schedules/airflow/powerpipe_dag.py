@@ -18,8 +18,11 @@ are the runner's stage entry points (docs/running-every-week.md):
   ended and the lock released. It fails (and so does the DAG run) when any step failed.
 
 Install: copy this file into the deployment's DAGs folder, or point ``AIRFLOW__CORE__DAGS_FOLDER`` at
-``schedules/airflow``. Where the project is: environment variables of the Airflow processes (the
-DAG's parameter defaults), or per run in the trigger form:
+``schedules/airflow`` (Airflow itself installed with Airflow's constraints, or with
+``constraints-3.3.2-py3.11.txt`` beside this file; the processes and settings of a deployment:
+docs/running-every-week.md, "Deploying it"). Where the project is: environment variables of the
+Airflow processes, the same for all of them (the DAG's parameter defaults), or per run in the trigger
+form:
 
 - ``POWERPIPE_PROJECT_DIR``: the checkout (default: two folders above this file, if it is the project's)
 - ``POWERPIPE_PYTHON``: its interpreter (default: ``<project>/.venv/bin/python``)
