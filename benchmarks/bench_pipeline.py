@@ -106,6 +106,8 @@ def plain_papermill(summary: dict, run_dir: Path, folder: Path, tracking_uri: st
                 parameters.update(input_path=summary_data_path(summary, run_dir), output_path=str(folder / "p.csv"))
             elif point["stage"] == "train":
                 parameters["data_path"] = data_path
+            elif point["stage"] == "promote":  # the winner refit on every hour (stages.promote.refit)
+                parameters.update(data_path=data_path, evaluation={"split": "none"})
             elif point["stage"] == "compare":
                 parameters["parent_run_id"] = summary["mlflow_parent_run_id"]
             elif point["stage"] == "report":

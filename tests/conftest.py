@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
+import http.server
 import json
 import os
+import re
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +24,16 @@ from powerpipe.forecast import data
 from powerpipe.core import paths, tags
 
 SHARED_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "germany.csv"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n``), the tests on one session fixture's results run in one worker, so that
+    the fixture (the smoke pipeline, the Airflow deployment) is made once, not once per worker."""
+    for item in items:
+        for fixture, group in (("smoke_run", "smoke"), ("airflow_bin", "airflow")):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 def make_notebook(path: Path, parameters: str | None, *cells: str) -> Path:
@@ -119,11 +135,14 @@ FAKE_CELLS = (
 
 
 class FakeProject:
-    """A folder with the fake notebook, a small data file, an outputs folder and its own store."""
+    """A folder with the fake notebook, a small data file, an outputs folder and its own store.
 
-    def __init__(self, root: Path, experiment: str, quiet: bool = True):
+    ``parameters_cell`` and ``cells`` make ``fake.ipynb`` another stand-in notebook (a test's own variant)."""
+
+    def __init__(self, root: Path, experiment: str, quiet: bool = True, parameters_cell: str = FAKE_PARAMETERS,
+                 cells: tuple[str, ...] = FAKE_CELLS):
         self.root, self.experiment, self.quiet = root, experiment, quiet
-        make_notebook(root / "fake.ipynb", FAKE_PARAMETERS, *FAKE_CELLS)
+        make_notebook(root / "fake.ipynb", parameters_cell, *cells)
         self.data_path = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"),
                                               root / "small.csv")
         self.outputs = root / "out"
@@ -195,3 +214,128 @@ def count_runs(db: Path, status: str, stage: str = "train") -> int:
                 return 0
             if time.monotonic() > deadline:
                 raise
+
+
+# -- servers on loopback -----------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LoopbackFileServer:
+    """Serves ``files`` (URL path -> body) on 127.0.0.1, answering as the test asks.
+
+    - ``Range: bytes=N-`` is answered with 206 (416 past the end), unless ``If-Range`` names an older
+      file or ``ignore_range`` is set: then the whole file comes with 200.
+    - ETag and Last-Modified are sent, and conditional GETs answered with 304 while the file is
+      unchanged; ``validators=False``: neither is sent nor honoured. ``put`` changes a file (a new
+      ETag, a later Last-Modified).
+    - ``cut_once[path] = offset``: the next answer for ``path`` stops at that byte of the file;
+      ``cut_every_answer_after = n``: every answer stops after n bytes. Content-Length promises the
+      whole, and the connection ends after each answer, so the client sees a cut.
+    - An unknown path is 404.
+    - ``requests`` records each request: its path, Range, If-None-Match and If-Modified-Since headers
+      and the status answered.
+    """
+
+    def __init__(self, files: dict[str, bytes], validators: bool = True, *, ignore_range: bool = False,
+                 cut_every_answer_after: int | None = None):
+        self.files = dict(files)
+        self.modified = {path: time.time() - 86400 for path in self.files}
+        self.validators, self.ignore_range = validators, ignore_range
+        self.cut_once: dict[str, int] = {}
+        self.cut_every_answer_after = cut_every_answer_after
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                record = {name: self.headers.get(name) for name in ("Range", "If-None-Match", "If-Modified-Since")}
+                record["path"] = self.path
+                server.requests.append(record)
+                self.close_connection = True
+                server._answer(self, record)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def put(self, path: str, body: bytes) -> None:
+        self.files[path], self.modified[path] = body, time.time()
+
+    def statuses(self) -> list[int]:
+        return [record["status"] for record in self.requests]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler, record: dict) -> None:
+        """Answer one GET, recording its status before anything is sent."""
+        path, headers = handler.path, handler.headers
+        if path not in self.files:
+            record["status"] = 404
+            handler.send_error(404)
+            return
+        body, modified = self.files[path], self.modified[path]
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        if self.validators and _not_modified(headers, etag, modified):
+            record["status"] = 304
+            handler.send_response(304)
+            handler.send_header("ETag", etag)
+            handler.end_headers()
+            return
+        start, status = 0, 200
+        requested = re.fullmatch(r"bytes=(\d+)-", headers.get("Range") or "")
+        if requested and not self.ignore_range and headers.get("If-Range", etag) == etag:
+            start, status = int(requested.group(1)), 206
+            if start >= len(body):
+                record["status"] = 416
+                handler.send_error(416)
+                return
+        record["status"] = status
+        handler.send_response(status)
+        if status == 206:
+            handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        handler.send_header("Content-Length", str(len(body) - start))
+        if self.validators:
+            handler.send_header("ETag", etag)
+            handler.send_header("Last-Modified", email.utils.formatdate(modified, usegmt=True))
+        handler.end_headers()
+        end = len(body)
+        if path in self.cut_once:
+            end = self.cut_once.pop(path)
+        elif self.cut_every_answer_after is not None:
+            end = start + self.cut_every_answer_after
+        handler.wfile.write(body[start:max(start, end)])
+        handler.wfile.flush()
+
+
+def _not_modified(headers, etag: str, modified: float) -> bool:
+    if headers.get("If-None-Match") is not None:  # it takes precedence (RFC 9110)
+        return headers["If-None-Match"] == etag
+    since = headers.get("If-Modified-Since")
+    return since is not None and int(modified) <= email.utils.parsedate_to_datetime(since).timestamp()
+
+
+@pytest.fixture
+def serve():
+    """``serve(files, validators=True, **options)`` starts a LoopbackFileServer; all are closed at teardown."""
+    servers = []
+
+    def start(files: dict[str, bytes], validators: bool = True, **options) -> LoopbackFileServer:
+        servers.append(LoopbackFileServer(files, validators, **options))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

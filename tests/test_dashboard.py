@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
 import tokenize
@@ -26,6 +25,7 @@ from powerpipe.dashboard import artifacts, production_model, runs, shown_data, s
 from powerpipe.core import paths, tags
 from powerpipe.core.exceptions import ArtifactNotServed, NoProductionModel, StoreUnreachableError
 
+from .conftest import free_port
 from .dashboard_fixtures import RENAMED_HTML, REPORT_TITLE, copy_store, global_tracking_uri
 from .dashboard_fixtures import empty_store, pipeline_store  # noqa: F401 - fixtures
 
@@ -98,12 +98,6 @@ def values(array) -> list[float]:
     if isinstance(array, dict):
         return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
     return list(array)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -187,14 +181,21 @@ def test_window_figure_is_recorded_vs_predicted_figure():
     index = pd.date_range("2016-06-01", periods=48, freq="h")
     recorded = pd.DataFrame({"solar_GW": np.arange(48.0), "wind_GW": np.arange(48.0) / 2}, index=index)
     predicted = recorded * 1.1
+    # a model with intervals: its p10-p90 band under each panel's lines
+    predicted = predicted.assign(solar_GW_p10=recorded["solar_GW"] * 0.9, solar_GW_p90=recorded["solar_GW"] * 1.3,
+                                 wind_GW_p10=recorded["wind_GW"] * 0.8, wind_GW_p90=recorded["wind_GW"] * 1.4)
     fast = json.loads(to_json(windows.WindowFigure()(recorded, predicted, "two days")))
     reference = json.loads(to_json(recorded_vs_predicted_figure(recorded, predicted, title="two days")))
     assert fast["layout"] == reference["layout"]
-    assert len(fast["data"]) == len(reference["data"]) == 4
+    assert len(fast["data"]) == len(reference["data"]) == 8
     for ours, theirs in zip(fast["data"], reference["data"]):
         assert {k: v for k, v in ours.items() if k not in "xy"} == {k: v for k, v in theirs.items() if k not in "xy"}
         assert list(pd.to_datetime(ours["x"])) == list(pd.to_datetime(theirs["x"]))
         assert values(ours["y"]) == pytest.approx(values(theirs["y"]))
+    assert [trace["name"] for trace in fast["data"][:2]] == ["p10-p90 band (upper)", "p10-p90 band"]
+    # a model without intervals: the band's traces stay empty
+    plain = json.loads(to_json(windows.WindowFigure()(recorded, recorded * 1.1, "two days")))
+    assert [len(trace["x"]) for trace in plain["data"]] == [0, 0, 48, 48] * 2
 
 
 # -- the model cache ---------------------------------------------------------------------------------
@@ -512,7 +513,8 @@ def check_model_card(app, run) -> None:
     assert f"{promoted['value']:.4g}" in text(component(card, "model-metrics"))
     # The executed training notebook: the path the runner tagged (or, for older runs, named after the run).
     notebook = next(c["props"]["href"] for c in walk(card) if c.get("type") == "A")
-    assert notebook == artifacts.artifact_url(promoted["run_id"], model.notebook_html)
+    # (a model refit on every hour links the notebook of its evaluated run, whose scores chose it)
+    assert notebook == artifacts.artifact_url(promoted.get("evaluated_run_id") or promoted["run_id"], model.notebook_html)
     response = client.get(notebook)
     assert response.status_code == 200 and b"<html" in response.get_data()[:2000].lower()
 
@@ -525,6 +527,9 @@ def check_prediction_callback(app) -> None:
     client = app.server.test_client()
     figure, message = predictions(client, "2016-06-01", "2016-07-01")
     assert message is None
+    band = [t for t in figure["data"] if t["name"].startswith("p10-p90 band")]
+    assert len(band) == 4 and all(len(t["x"]) in (0, 31 * 24) for t in band)  # filled by a model with intervals
+    figure = {**figure, "data": [t for t in figure["data"] if t not in band]}
     assert [t["name"] for t in figure["data"]] == ["recorded", "predicted", "recorded", "predicted"]
     assert all(len(t["x"]) == 31 * 24 for t in figure["data"])
     assert figure["data"][0]["x"][0].startswith("2016-06-01T00:00")
@@ -537,7 +542,7 @@ def check_prediction_callback(app) -> None:
     assert values(figure["data"][1]["y"]) == pytest.approx(list(expected["solar_GW"]))
     assert values(figure["data"][3]["y"]) == pytest.approx(list(expected["wind_GW"]))
     other, _ = predictions(client, "2015-01-01", "2015-01-31")
-    assert other["data"][0]["x"][0].startswith("2015-01-01") and other["data"][0]["x"] != figure["data"][0]["x"]
+    assert other["data"][2]["x"][0].startswith("2015-01-01") and other["data"][2]["x"] != figure["data"][0]["x"]
 
 
 @pytest.mark.parametrize("start, end, expected", [
@@ -555,10 +560,12 @@ def test_prediction_callback_states(app, start, end, expected):
 def test_prediction_callback_long_and_clipped_ranges(app):
     client = app.server.test_client()
     figure, message = predictions(client, "2014-01-01", "2015-12-31")
-    assert "daily means" in figure["layout"]["title"]["text"] and len(figure["data"][0]["x"]) == 730
+    recorded = next(t for t in figure["data"] if t["name"] == "recorded")
+    assert "daily means" in figure["layout"]["title"]["text"] and len(recorded["x"]) == 730
+    assert all(not t["x"] for t in figure["data"] if "band" in t["name"])  # no band over daily means
     assert message is None
     figure, message = predictions(client, "2016-12-20", "2017-02-01")
-    assert len(figure["data"][0]["x"]) == 12 * 24
+    assert len(next(t for t in figure["data"] if t["name"] == "recorded")["x"]) == 12 * 24
     assert "Cut to the data" in text(message)
 
 

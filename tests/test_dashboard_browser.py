@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import urllib.request
 import pytest
 
 from powerpipe.core import paths
+
+from .conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -33,12 +34,6 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test n
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1800"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -117,6 +112,9 @@ def test_model_card_and_prediction_figure_follow_the_date_range(smoke_run, dashb
     card = browser.find_element(By.ID, "model-card").text
     assert summary["promoted"]["run_id"] in card and summary["pipeline_run_id"] in card
     assert "SYNTHETIC DATA" in card
+    # The evergreen panel: the smoke run's monitoring found no production model before it, so nothing live yet.
+    wait.until(lambda d: d.find_elements(By.ID, "evergreen"))
+    assert "Live since promotion" in browser.find_element(By.ID, "evergreen").text
 
     def figure_title(driver) -> str:
         titles = driver.find_elements(By.CSS_SELECTOR, "#prediction-figure .gtitle")
@@ -137,7 +135,16 @@ def test_model_card_and_prediction_figure_follow_the_date_range(smoke_run, dashb
     assert first_x(browser).startswith("2016-06-01")
     points = browser.execute_script(
         "return document.querySelector('#prediction-figure .js-plotly-plot').data.map(t => t.x.length);")
-    assert points == [30 * 24] * 4
+    assert points == [30 * 24] * 8  # per panel: the p10-p90 band's two edges, recorded, predicted
+    # The band is drawn: a filled area on each panel, its lower edge never above its upper one, never below 0.
+    band = browser.execute_script(
+        "const plot = document.querySelector('#prediction-figure .js-plotly-plot');"
+        "const edges = plot.data.filter(t => t.name.startsWith('p10-p90 band'));"
+        "return {fills: edges.map(t => t.fill || ''), low: Array.from(edges[1].y), high: Array.from(edges[0].y),"
+        " shapes: plot.querySelectorAll('.fills path').length};")
+    assert band["fills"] == ["", "tonexty"] * 2 and band["shapes"] >= 2
+    assert all(0 <= low <= high for low, high in zip(band["low"], band["high"]))
+    assert any(high > low for low, high in zip(band["low"], band["high"]))
 
     # An inverted range: a message, never a traceback.
     type_date(browser.find_element(By.ID, "date-range-start"), "2016-07-15")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from powerpipe.core import paths, tags
 from powerpipe.core.exceptions import DaskExecutorError
 from powerpipe.execution.dask_cluster import check_tracking_uri, is_loopback_scheduler
 
-from .conftest import make_notebook
+from .conftest import free_port, make_notebook
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -68,17 +67,11 @@ def test_cli_scheduler_needs_the_dask_executor(tmp_path, capsys):
 
 # -- a tracking server and a cluster, started here ---------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a SQLite backend and a served artifact root, on loopback."""
     folder = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     log = open(folder / "server.log", "wb")
     process = subprocess.Popen(
         [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
@@ -190,7 +183,8 @@ def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_ser
     experiment = client.get_experiment_by_name("predicting_wind_solar_smoke")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server stores artifacts
     children = client.search_runs([experiment.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{remote['mlflow_parent_run_id']}'")
+                                  f"tags.mlflow.parentRunId = '{remote['mlflow_parent_run_id']}' and "
+                                  + tags.equals(tags.KIND, tags.KIND_NOTEBOOK))  # not the monitoring run
     assert sorted(r.info.run_id for r in children) == sorted(p["mlflow_run_id"] for p in remote["grid_points"])
     assert {r.info.status for r in children} == {"FINISHED"}
     for point in remote["grid_points"]:
@@ -222,7 +216,8 @@ def _worker_config(tmp_path: Path, experiment: str, grid: str, seconds: float) -
 
 def _runs_by_point(client, experiment: str, parent_run_id: str) -> dict[str, list]:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                              + tags.equals(tags.KIND, tags.KIND_NOTEBOOK))  # not the monitoring run
     by_point: dict[str, list] = {}
     for run in runs:
         by_point.setdefault(run.data.tags[tags.PARAMETERS], []).append(run)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pandas as pd
@@ -91,73 +89,44 @@ def test_synthetic_is_deterministic_and_plausible():
     assert data.validate_frame(first.reset_index(), "synthetic") is not None
 
 
-class _Server:
-    """A file server on 127.0.0.1 whose answers the test controls."""
-
-    def __init__(self, body: bytes, cut_after: int | None = None):
-        self.body, self.cut_after, self.requests = body, cut_after, 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                payload = server.body if server.cut_after is None else server.body[: server.cut_after]
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/germany.csv"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def processed_bytes(tmp_path, three_rows):
     return data.write_processed(three_rows, tmp_path / "source.csv").read_bytes()
 
 
-def test_download_verifies_hash(tmp_path, processed_bytes):
-    server = _Server(processed_bytes)
-    try:
-        good = hashlib.sha256(processed_bytes).hexdigest()
-        path = data.download(server.url, tmp_path / "dl" / "germany.csv", sha256=good)
-        assert path.read_bytes() == processed_bytes
-        with pytest.raises(DataError, match="expected"):
-            data.download(server.url, tmp_path / "bad" / "germany.csv", sha256="0" * 64)
-        assert list((tmp_path / "bad").iterdir()) == []  # nothing kept, not even a partial file
-    finally:
-        server.close()
+GERMANY = "/germany.csv"
 
 
-def test_download_cut_short_leaves_nothing(tmp_path, processed_bytes):
-    server = _Server(processed_bytes, cut_after=50)
-    try:
-        with pytest.raises(DataError):
-            data.download(server.url, tmp_path / "cut" / "germany.csv")
-        assert list((tmp_path / "cut").iterdir()) == []
-    finally:
-        server.close()
+@pytest.fixture
+def data_server(serve, processed_bytes):
+    """The processed file at GERMANY on loopback (conftest's `serve`), always answered 200 with the whole
+    file (Range ignored), without validators."""
+    return serve({GERMANY: processed_bytes}, validators=False, ignore_range=True)
 
 
-def test_resolve_auto_downloads_then_uses_local(tmp_path, processed_bytes, monkeypatch):
-    server = _Server(processed_bytes)
-    monkeypatch.setenv(data.URL_ENV, server.url)
+def test_download_verifies_hash(tmp_path, processed_bytes, data_server):
+    good = hashlib.sha256(processed_bytes).hexdigest()
+    path = data.download(data_server.url(GERMANY), tmp_path / "dl" / "germany.csv", sha256=good)
+    assert path.read_bytes() == processed_bytes
+    with pytest.raises(DataError, match="expected"):
+        data.download(data_server.url(GERMANY), tmp_path / "bad" / "germany.csv", sha256="0" * 64)
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing kept, not even a partial file
+
+
+def test_download_cut_short_leaves_nothing(tmp_path, data_server):
+    data_server.cut_every_answer_after = 50
+    with pytest.raises(DataError):
+        data.download(data_server.url(GERMANY), tmp_path / "cut" / "germany.csv")
+    assert list((tmp_path / "cut").iterdir()) == []
+
+
+def test_resolve_auto_downloads_then_uses_local(tmp_path, processed_bytes, data_server, monkeypatch):
+    monkeypatch.setenv(data.URL_ENV, data_server.url(GERMANY))
     monkeypatch.setenv(data.SHA256_ENV, hashlib.sha256(processed_bytes).hexdigest())
-    try:
-        first = data.resolve("auto", data_dir=tmp_path / "data")
-        assert first.source == "downloaded" and first.path.read_bytes() == processed_bytes
-        second = data.resolve("auto", data_dir=tmp_path / "data")
-        assert second.source == "file" and server.requests == 1
-    finally:
-        server.close()
+    first = data.resolve("auto", data_dir=tmp_path / "data")
+    assert first.source == "downloaded" and first.path.read_bytes() == processed_bytes
+    second = data.resolve("auto", data_dir=tmp_path / "data")
+    assert second.source == "file" and len(data_server.requests) == 1
 
 
 def test_resolve_auto_offline_falls_back_to_synthetic(tmp_path, monkeypatch):
@@ -202,7 +171,7 @@ def test_duplicate_at_autumn_clock_change_is_kept(tmp_path, three_rows):
 
 # -- a full disk ----------------------------------------------------------------------------------------
 
-def test_download_onto_a_full_disk_is_disk_full_not_offline(tmp_path, processed_bytes, monkeypatch):
+def test_download_onto_a_full_disk_is_disk_full_not_offline(tmp_path, data_server, monkeypatch):
     """ENOSPC mid-download: DiskFullError (resolve must not fall back to synthetic data), nothing left."""
     import errno
     import os
@@ -225,11 +194,7 @@ def test_download_onto_a_full_disk_is_disk_full_not_offline(tmp_path, processed_
             self.handle.close()
 
     monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
-    server = _Server(processed_bytes)
-    monkeypatch.setenv(data.URL_ENV, server.url)
-    try:
-        with pytest.raises(DiskFullError, match=r"^no space left on /\S* \(.* MB free\)"):
-            data.resolve("auto", data_dir=tmp_path / "data")
-    finally:
-        server.close()
+    monkeypatch.setenv(data.URL_ENV, data_server.url(GERMANY))
+    with pytest.raises(DiskFullError, match=r"^no space left on /\S* \(.* MB free\)"):
+        data.resolve("auto", data_dir=tmp_path / "data")
     assert list((tmp_path / "data").iterdir()) == []

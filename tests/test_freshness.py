@@ -4,12 +4,9 @@ loopback server whose file changes between two runs."""
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
-import http.server
 import json
 import logging
-import threading
 import time
 
 import pytest
@@ -24,93 +21,15 @@ URL_PATH = "/latest/time_series_60min_singleindex.csv"
 OLD, NEW = b"utc_timestamp,x\n2016-01-01T00:00:00Z,1\n" * 50, b"utc_timestamp,x\n2016-01-01T00:00:00Z,2\n" * 60
 
 
-class ChangingServer:
-    """Serves files on 127.0.0.1 with ETag and Last-Modified, answering conditional GETs with 304.
-
-    ``put`` changes a file (a new ETag and a later Last-Modified). ``validators=False``: a server that
-    sends neither and ignores conditional requests.
-    """
-
-    def __init__(self, files: dict[str, bytes], validators: bool = True):
-        self.files = {path: (body, time.time() - 86400) for path, body in files.items()}
-        self.validators = validators
-        self.requests: list[dict] = []  # the headers of each request, and the status answered
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                record = {"path": self.path, "If-None-Match": self.headers.get("If-None-Match"),
-                          "If-Modified-Since": self.headers.get("If-Modified-Since")}
-                server.requests.append(record)
-                if self.path not in server.files:
-                    record["status"] = 404
-                    self.send_error(404)
-                    return
-                body, modified = server.files[self.path]
-                etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
-                last_modified = email.utils.formatdate(modified, usegmt=True)
-                if server.validators and self._not_modified(etag, modified):
-                    record["status"] = 304
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.end_headers()
-                    return
-                record["status"] = 200
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                if server.validators:
-                    self.send_header("ETag", etag)
-                    self.send_header("Last-Modified", last_modified)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _not_modified(self, etag: str, modified: float) -> bool:
-                if self.headers.get("If-None-Match") is not None:  # it takes precedence (RFC 9110)
-                    return self.headers["If-None-Match"] == etag
-                since = self.headers.get("If-Modified-Since")
-                return since is not None and int(modified) <= email.utils.parsedate_to_datetime(since).timestamp()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def put(self, path: str, body: bytes) -> None:
-        self.files[path] = (body, time.time())
-
-    def statuses(self) -> list[int]:
-        return [r["status"] for r in self.requests]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def changing():
-    servers = []
-
-    def start(files: dict[str, bytes], validators: bool = True) -> ChangingServer:
-        servers.append(ChangingServer(files, validators))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
+# The server whose file changes is conftest's `serve` fixture (a LoopbackFileServer; `put` changes a file).
 
 @pytest.fixture
 def always_check(monkeypatch):
     monkeypatch.setenv(opsd.MAX_AGE_ENV, "0")
 
 
-def test_a_download_keeps_the_servers_validators_on_the_file(tmp_path, changing):
-    server = changing({URL_PATH: OLD})
+def test_a_download_keeps_the_servers_validators_on_the_file(tmp_path, serve):
+    server = serve({URL_PATH: OLD})
     path = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     kept = opsd.validators(path)
     assert kept["etag"] == f'"{hashlib.sha256(OLD).hexdigest()[:16]}"'
@@ -118,16 +37,16 @@ def test_a_download_keeps_the_servers_validators_on_the_file(tmp_path, changing)
     assert [p.name for p in (tmp_path / "raw").rglob("*") if p.is_file()] == [path.name]  # nothing beside it
 
 
-def test_within_the_max_age_the_cache_is_used_without_asking(tmp_path, changing):
-    server = changing({URL_PATH: OLD})
+def test_within_the_max_age_the_cache_is_used_without_asking(tmp_path, serve):
+    server = serve({URL_PATH: OLD})
     first = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     server.put(URL_PATH, NEW)
     assert opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False) == first
     assert first.read_bytes() == OLD and server.statuses() == [200]
 
 
-def test_unchanged_file_answers_304_and_stays(tmp_path, changing, always_check):
-    server = changing({URL_PATH: OLD})
+def test_unchanged_file_answers_304_and_stays(tmp_path, serve, always_check):
+    server = serve({URL_PATH: OLD})
     path = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     inode = path.stat().st_ino
     assert opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False) == path
@@ -137,8 +56,8 @@ def test_unchanged_file_answers_304_and_stays(tmp_path, changing, always_check):
     assert path.read_bytes() == OLD and path.stat().st_ino == inode
 
 
-def test_changed_file_replaces_the_cached_one_whole(tmp_path, changing, always_check, caplog):
-    server = changing({URL_PATH: OLD})
+def test_changed_file_replaces_the_cached_one_whole(tmp_path, serve, always_check, caplog):
+    server = serve({URL_PATH: OLD})
     path = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     server.put(URL_PATH, NEW)
     with caplog.at_level(logging.WARNING, logger="powerpipe.forecast.opsd"):
@@ -151,8 +70,8 @@ def test_changed_file_replaces_the_cached_one_whole(tmp_path, changing, always_c
     assert server.statuses()[-1] == 304
 
 
-def test_a_server_without_validators_is_judged_by_the_files_hash(tmp_path, changing, always_check):
-    server = changing({URL_PATH: OLD}, validators=False)
+def test_a_server_without_validators_is_judged_by_the_files_hash(tmp_path, serve, always_check):
+    server = serve({URL_PATH: OLD}, validators=False)
     path = opsd.fetch(server.url(URL_PATH), tmp_path / "raw", progress=False)
     assert "etag" not in opsd.validators(path)
     inode = path.stat().st_ino
@@ -164,8 +83,8 @@ def test_a_server_without_validators_is_judged_by_the_files_hash(tmp_path, chang
     assert path.read_bytes() == NEW
 
 
-def test_an_unreachable_server_keeps_the_cached_file(tmp_path, changing, always_check, caplog):
-    server = changing({URL_PATH: OLD})
+def test_an_unreachable_server_keeps_the_cached_file(tmp_path, serve, always_check, caplog):
+    server = serve({URL_PATH: OLD})
     url = server.url(URL_PATH)
     path = opsd.fetch(url, tmp_path / "raw", progress=False)
     server.close()
@@ -174,8 +93,8 @@ def test_an_unreachable_server_keeps_the_cached_file(tmp_path, changing, always_
     assert "could not check" in caplog.text and str(path) in caplog.text
 
 
-def test_a_pinned_sha256_is_never_checked_again(tmp_path, changing, always_check):
-    server = changing({URL_PATH: OLD})
+def test_a_pinned_sha256_is_never_checked_again(tmp_path, serve, always_check):
+    server = serve({URL_PATH: OLD})
     sha256 = hashlib.sha256(OLD).hexdigest()
     opsd.fetch(server.url(URL_PATH), tmp_path / "raw", sha256=sha256, progress=False)
     server.put(URL_PATH, NEW)
@@ -183,8 +102,8 @@ def test_a_pinned_sha256_is_never_checked_again(tmp_path, changing, always_check
     assert server.statuses() == [200]
 
 
-def test_the_process_stage_fingerprint_follows_the_servers_file(tmp_path, changing, monkeypatch):
-    server = changing({URL_PATH: OLD, "/weather.zip": b"weather"})
+def test_the_process_stage_fingerprint_follows_the_servers_file(tmp_path, serve, monkeypatch):
+    server = serve({URL_PATH: OLD, "/weather.zip": b"weather"})
     parameters = {"time_series_url": server.url(URL_PATH), "weather_url": server.url("/weather.zip"),
                   "cache_dir": str(tmp_path / "raw")}
     opsd.fetch(parameters["time_series_url"], tmp_path / "raw", progress=False)
@@ -199,12 +118,12 @@ def test_the_process_stage_fingerprint_follows_the_servers_file(tmp_path, changi
 
 
 @pytest.mark.slow
-def test_a_weekly_run_processes_only_when_the_raw_files_changed(tmp_path, changing, small_processed,  # noqa: F811
+def test_a_weekly_run_processes_only_when_the_raw_files_changed(tmp_path, serve, small_processed,  # noqa: F811
                                                                  monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv(opsd.MAX_AGE_ENV, "0")  # every run is "a week later"
     time_series, weather, _ = raw_opsd_bytes(small_processed)
-    server = changing({TIME_SERIES_PATH: time_series, WEATHER_PATH: weather})
+    server = serve({TIME_SERIES_PATH: time_series, WEATHER_PATH: weather})
     config = tmp_path / "opsd.yaml"
     config.write_text(json.dumps({
         "experiment": "freshness",
@@ -248,4 +167,4 @@ def test_a_weekly_run_processes_only_when_the_raw_files_changed(tmp_path, changi
     assert process_status(third) == "ok"  # new data: processed again
     assert third["data"]["sha256"] != first["data"]["sha256"]
     assert opsd.cache_path(server.url(TIME_SERIES_PATH), tmp_path / "raw").read_bytes() == server.files[
-        TIME_SERIES_PATH][0]
+        TIME_SERIES_PATH]

@@ -28,31 +28,41 @@ def small_data(tmp_path_factory):
 EVALUATION = {"split": "time", "test_start": "2016-01-01", "folds": 2, "fold_length": "month"}
 
 
+@pytest.fixture(scope="module")
+def used_kernel(small_data, tmp_path_factory):
+    """A warm kernel that has already run another notebook and been reset (made once for the module: its
+    start and the first notebook are the slow part)."""
+    folder = tmp_path_factory.mktemp("used_kernel")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    modules = notebook_imports(sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb")))
+    warm = kernels.Kernel(env=kernels.thread_caps(1), warmup=kernels.warmup_code(modules, uri, 1))
+    try:
+        other = execute(paths.NOTEBOOKS_DIR / "model_linreg.ipynb", folder / "other.ipynb",
+                        {"data_path": str(small_data), "evaluation": EVALUATION},
+                        env={"MLFLOW_TRACKING_URI": uri, **kernels.thread_caps(1)}, render=False, kernel=warm)
+        assert other.ok and other.kernel_reusable, other.error
+        yield warm
+    finally:
+        warm.shutdown()
+
+
 @pytest.mark.parametrize("notebook, parameters", [
     ("model_linreg.ipynb", {}),
     ("model_rf.ipynb", {"n_estimators": 5, "max_depth": 6}),
     ("model_keras.ipynb", {"epochs": 2, "batch_size": 256}),
     ("model_gbr.ipynb", {"max_iter": 20}),
 ])
-def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_data, tracking_uri, notebook,
-                                                                parameters):
+def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_data, tracking_uri, used_kernel,
+                                                                notebook, parameters):
     source = paths.NOTEBOOKS_DIR / notebook
     parameters = {**parameters, "data_path": str(small_data), "evaluation": EVALUATION}
     env = {"MLFLOW_TRACKING_URI": tracking_uri, **kernels.thread_caps(1)}
     fresh = execute(source, tmp_path / "fresh.ipynb", parameters, env=env, render=False)
     assert fresh.ok, fresh.error
-    modules = notebook_imports(sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb")))
-    warm = kernels.Kernel(env=kernels.thread_caps(1), warmup=kernels.warmup_code(modules, tracking_uri, 1))
-    try:
-        # Another notebook first, so that the one compared runs on a kernel that has been used and reset.
-        other = execute(paths.NOTEBOOKS_DIR / "model_linreg.ipynb", tmp_path / "other.ipynb",
-                        {"data_path": str(small_data), "evaluation": EVALUATION}, env=env, render=False,
-                        kernel=warm)
-        assert other.ok and other.kernel_reusable
-        reused = execute(source, tmp_path / "reused.ipynb", parameters, env=env, render=False, kernel=warm)
-    finally:
-        warm.shutdown()
+    # The compared notebook runs on a kernel that has been used (another notebook, or the previous case) and reset.
+    reused = execute(source, tmp_path / "reused.ipynb", parameters, env=env, render=False, kernel=used_kernel)
     assert reused.ok, reused.error
+    assert reused.kernel_reusable
     assert reused.scraps["metrics"] == fresh.scraps["metrics"]
 
 

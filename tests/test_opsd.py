@@ -4,10 +4,7 @@ process step reproducing the published file, the full check of processed data, a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
-import re
-import threading
 import zipfile
 from pathlib import Path
 
@@ -28,78 +25,7 @@ WEATHER_PATH = "/weather_data/2019-04-09/opsd-weather_data-2019-04-09.zip"
 PROCESS_NOTEBOOK = paths.NOTEBOOKS_DIR / "make_processed_data.ipynb"
 
 
-# -- a file server on loopback ----------------------------------------------------------------------
-
-class RawServer:
-    """Serves ``files`` on 127.0.0.1 with Range support; can cut answers short as a test asks."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = dict(files)
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.cut_once: dict[str, int] = {}  # path -> byte offset where its next answer stops
-        self.cut_every_answer_after: int | None = None  # every answer stops after this many bytes
-        self.ignore_range = False
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                server.requests.append((self.path, self.headers.get("Range")))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
-                start = 0
-                requested = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if requested and not server.ignore_range and self.headers.get("If-Range", etag) == etag:
-                    start = int(requested.group(1))
-                    if start >= len(body):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.send_header("ETag", etag)
-                self.end_headers()
-                end = len(body)
-                if self.path in server.cut_once:
-                    end = server.cut_once.pop(self.path)
-                elif server.cut_every_answer_after is not None:
-                    end = start + server.cut_every_answer_after
-                self.wfile.write(body[start:max(start, end)])
-                self.wfile.flush()
-                self.close_connection = True  # the client sees the connection end mid-file
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(files: dict[str, bytes]) -> RawServer:
-        servers.append(RawServer(files))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
+# Files are served on loopback by conftest's `serve` fixture (a LoopbackFileServer).
 
 def files_in(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
@@ -107,9 +33,14 @@ def files_in(folder: Path) -> list[Path]:
 
 # -- raw OPSD files derived from a processed frame ---------------------------------------------------
 
-def raw_opsd_bytes(processed: pd.DataFrame, seed: int = 0) -> tuple[bytes, bytes, pd.DatetimeIndex]:
+def raw_opsd_bytes(processed: pd.DataFrame, seed: int = 0,
+                   wind_capacity_mw=None) -> tuple[bytes, bytes, pd.DatetimeIndex]:
     """(time series CSV, weather zip, hours that must be dropped) in the raw OPSD layouts, such that
     processing them from the frame's first day on gives back ``processed`` exactly.
+
+    ``wind_capacity_mw`` (a function of the file's hours giving one value per hour, NaN allowed): the file
+    has ``DE_wind_capacity`` too, so processing keeps both capacity columns (without it:
+    ``DE_solar_capacity`` alone, which is not kept).
 
     GW back to MW, the original column names, other countries and columns, 48 complete hours before
     the start, hours after the weather ends, and each hour missing from ``processed`` made
@@ -167,6 +98,9 @@ def raw_opsd_bytes(processed: pd.DataFrame, seed: int = 0) -> tuple[bytes, bytes
         "FR_solar_generation_actual": rng.uniform(0, 5000, len(hours)).round(0),
         "GB_UKM_wind_generation_actual": rng.uniform(0, 9000, len(hours)).round(0),
     })
+    if wind_capacity_mw is not None:
+        time_series.insert(time_series.columns.get_loc("DE_wind_generation_actual"), "DE_wind_capacity",
+                           np.asarray(wind_capacity_mw(generation.index), dtype="float64"))
     weather_csv = pd.DataFrame({"utc_timestamp": weather.index.strftime("%Y-%m-%dT%H:%M:%SZ")})
     for country in ("AT", "BE", "DE", "FR"):
         for column in ("windspeed_10m", "temperature", "radiation_direct_horizontal",
@@ -261,7 +195,8 @@ def test_cut_mid_file_is_resumed_with_a_range_request(tmp_path, serve):
     server.cut_once[TIME_SERIES_PATH] = 100_000
     path = opsd.fetch(server.url(TIME_SERIES_PATH), tmp_path / "raw", sha256=BODY_SHA256, backoff=0)
     assert path.read_bytes() == BODY
-    assert server.requests == [(TIME_SERIES_PATH, None), (TIME_SERIES_PATH, "bytes=100000-")]
+    assert [(r["path"], r["Range"]) for r in server.requests] == [(TIME_SERIES_PATH, None),
+                                                                   (TIME_SERIES_PATH, "bytes=100000-")]
     assert files_in(tmp_path / "raw") == [path]
 
 
@@ -497,7 +432,8 @@ def test_notebook_builds_the_data_from_a_loopback_server(tmp_path, serve, small_
         assert raw[role]["url"] == server.url(path)
         assert Path(raw[role]["path"]).read_bytes() == files[path]
         assert raw[role]["sha256"] == hashlib.sha256(files[path]).hexdigest()
-    assert (WEATHER_PATH, f"bytes={len(files[WEATHER_PATH]) // 2}-") in server.requests  # resumed
+    resumed = (WEATHER_PATH, f"bytes={len(files[WEATHER_PATH]) // 2}-")
+    assert resumed in [(r["path"], r["Range"]) for r in server.requests]
     assert opsd.process_inputs_fingerprint(parameters) == {r: raw[r]["sha256"] for r in raw}
     executed = nbformat.read(tmp_path / "process.ipynb", as_version=4)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]

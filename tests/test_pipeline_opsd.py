@@ -10,7 +10,7 @@ import pytest
 from powerpipe.cli import main as cli
 from powerpipe.core import paths
 
-from .test_opsd import TIME_SERIES_PATH, WEATHER_PATH, raw_opsd_bytes, serve, small_processed  # noqa: F401
+from .test_opsd import TIME_SERIES_PATH, WEATHER_PATH, raw_opsd_bytes, small_processed  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

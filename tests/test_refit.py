@@ -20,7 +20,7 @@ from powerpipe.core import tags
 from powerpipe.forecast import data
 
 from .conftest import FakeProject, make_notebook
-from .dashboard_fixtures import copy_store, empty_store, unsynced_sqlite  # noqa: F401 - a fixture
+from .dashboard_fixtures import copy_store, empty_store, pipeline_store  # noqa: F401 - fixtures
 
 MODEL = "RefitModel"
 TEST_START = "2016-06-08"
@@ -44,12 +44,13 @@ class RefitProject(FakeProject):
         super().__init__(root, experiment)
         make_notebook(root / "median.ipynb", REFIT_PARAMETERS, *REFIT_CELLS)
 
-    def refit_config(self, quantiles: list[float], refit: bool | None = True, name: str = "refit.yaml") -> Path:
+    def refit_config(self, quantiles: list[float], refit: bool | None = True, test_start: str = TEST_START,
+                     name: str = "refit.yaml") -> Path:
         promote = {"metric": "rmse", "model_name": MODEL}
         if refit is not None:
             promote["refit"] = refit
         config = {"experiment": self.experiment, "root": ".",
-                  "evaluation": {"split": "time", "test_start": TEST_START, "folds": 0},
+                  "evaluation": {"split": "time", "test_start": test_start, "folds": 0},
                   "stages": {"train": [{"notebook": "median.ipynb", "grid": {"quantile": quantiles}}],
                              "promote": promote}}
         path = self.root / name
@@ -92,13 +93,15 @@ def test_refit_registers_the_winner_fitted_on_every_hour_then_the_gate_retrains_
     assert refit_run.data.tags[tags.REFIT_OF] == evaluated["mlflow_run_id"]
     assert refit_run.data.tags[tags.STAGE] == "promote" and "rmse" not in refit_run.data.metrics
 
-    # A better challenger: the holder's configuration (quantile 0.9) is retrained on this run's split and
-    # compared on the same hours; the registered (refit) model itself is never re-scored on hours it learnt.
-    code, second = project.run(project.refit_config([0.5]))
+    # A week later (the test window moved by a day here), a better challenger: the holder's configuration
+    # (quantile 0.9) is retrained on this run's split and compared on the same hours; the registered
+    # (refit) model itself is never re-scored on hours it learnt.
+    code, second = project.run(project.refit_config([0.5], test_start="2016-06-09"))
     assert code == 0, second
     champion = next(p for p in second["grid_points"] if p["stage"] == "train" and p["parameters"]["quantile"] == 0.9)
     challenger = next(p for p in second["grid_points"] if p["stage"] == "train" and p["parameters"]["quantile"] == 0.5)
     champion_run = project.client().get_run(champion["mlflow_run_id"])
+    assert champion["status"] == "ok" and champion["parameters"] == {"quantile": 0.9}
     assert champion_run.data.tags[tags.CHAMPION_OF] == f"{MODEL}/{promoted['version']}"
     assert champion_run.data.tags[tags.EVALUATION] == project.client().get_run(
         challenger["mlflow_run_id"]).data.tags[tags.EVALUATION]  # the identical split: the same test hours
@@ -110,7 +113,7 @@ def test_refit_registers_the_winner_fitted_on_every_hour_then_the_gate_retrains_
     assert moves[1].previous_value == pytest.approx(champion["metrics"]["rmse"])
 
     # The same grid again: the winner's grid point stands for the holder (no extra point), nothing moves.
-    code, third = project.run(project.refit_config([0.5, 0.9]))
+    code, third = project.run(project.refit_config([0.5, 0.9], test_start="2016-06-09"))
     assert code == 0 and third["promoted"] is None
     assert [p["stage"] for p in third["grid_points"]] == ["train", "train"]
 
@@ -240,3 +243,30 @@ def test_rollback_refuses_an_unknown_version_and_a_held_lock(store, capsys):
     assert str(store["client"].get_model_version_by_alias(MODEL, "production").version) == "2"
     assert len(history(store["client"], MODEL, "production")) == 2
     assert not (store["outputs"] / ".powerpipe.lock").exists()
+
+
+def test_dashboard_card_shows_the_alias_history(pipeline_store, tmp_path):
+    """On a store built without running a notebook (dashboard_fixtures): two recorded moves, newest first."""
+    import mlflow
+
+    from powerpipe.dashboard.app import create_app
+    from powerpipe.tracking import alias_history
+
+    from .test_dashboard import component, dash_request, text
+
+    uri = copy_store(pipeline_store["tracking_uri"], tmp_path / "mlflow.db")
+    client = mlflow.MlflowClient(uri)
+    version = pipeline_store["summary"]["promoted"]["version"]
+    for action, left, value, previous in (("promotion", "", 1.5, None), ("rollback", "7", 1.5, 2.25)):
+        alias_history.record(client, "BestModel", alias_history.AliasMove(
+            alias="production", action=action, from_version=left, to_version=version,
+            at="2024-01-0%dT00:00:00+00:00" % (1 if action == "promotion" else 2), pipeline_run_id="p1",
+            metric="rmse", value=value, previous_value=previous, trained_until="2016-12-31T23:00:00+00:00"))
+    app = create_app(uri)
+    card = dash_request(app.server.test_client(), [("model-card", "children"), ("model-version", "data")],
+                        [("model-poll", "n_intervals", 0)], [("model-version", "data", None)])["model-card"]["children"]
+    table = component(card, "alias-history-table")
+    rows = [text(row) for row in table["props"]["children"][1]["props"]["children"]]
+    assert len(rows) == 2
+    assert "rollback" in rows[0] and f"7 → {version}" in rows[0] and "2.25" in rows[0]  # newest first
+    assert "promotion" in rows[1] and f"– → {version}" in rows[1] and "2016-12-31 23:00" in rows[1]

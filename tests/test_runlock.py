@@ -194,53 +194,26 @@ def test_no_lock_file_means_free_and_reading_creates_nothing(tmp_path):
 
 # -- two real runners on one outputs folder -------------------------------------------------------------
 
-SLOW_PARAMETERS = "data_path: str | None = None\nsleep: float = 0.0"
-SLOW_CELLS = (
-    "import time\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe.forecast import data, modeling\nfrom powerpipe.tracking import store as tracking",
-    "df = data.load(data_path)\nX_train, X_test, y_train, y_test = modeling.split(df)\nrun = tracking.notebook_run()",
-    "time.sleep(sleep)",
-    "model = DummyRegressor(strategy='mean').fit(X_train, y_train)\n"
-    "tracking.record_metrics(modeling.evaluate(y_test, model.predict(X_test)))\n"
-    "tracking.log_model(model, X_train, flavor='sklearn')",
-)
-
-
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch):
-    """A one-notebook pipeline (it sleeps a few seconds, so two runs would overlap) and its data."""
-    import yaml
+    """conftest's FakeProject as a one-notebook pipeline that sleeps a few seconds (so two runs would overlap)."""
+    from powerpipe.core import paths
 
-    from powerpipe.forecast import data
-
-    from .conftest import make_notebook
+    from .conftest import FakeProject
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_notebook(tmp_path / "slow.ipynb", SLOW_PARAMETERS, *SLOW_CELLS)
-    csv = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), tmp_path / "small.csv")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
-        "experiment": "locking", "root": ".",
-        "stages": {"train": [{"notebook": "slow.ipynb", "parameters": {"sleep": 5.0}}],
-                   "promote": {"metric": "rmse", "model_name": "LockModel"}}}))
-    outputs = tmp_path / "out"
+    project = FakeProject(tmp_path, "locking")
+    config = project.config({"sleep": [5.0]})
 
     def start(*extra: str) -> subprocess.Popen:
-        from powerpipe.core import paths
-
-        command = [sys.executable, str(paths.RUNNER_DIR / "run_all.py"), "--config", str(config), "--data", str(csv),
-                   "--outputs", str(outputs), "--quiet", "--jobs", "1", *extra]
+        command = [sys.executable, str(paths.RUNNER_DIR / "run_all.py"), *project.args(config, "--jobs", "1", *extra)]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def versions() -> list[str]:
-        import mlflow
+        return sorted(str(v.version) for v in project.client().search_model_versions("name = 'FakeModel'"))
 
-        from powerpipe.core import paths
-
-        client = mlflow.MlflowClient(paths.default_tracking_uri(outputs))
-        return sorted(str(v.version) for v in client.search_model_versions("name = 'LockModel'"))
-
-    return type("TinyProject", (), {"start": staticmethod(start), "outputs": outputs,
+    return type("TinyProject", (), {"start": staticmethod(start), "outputs": project.outputs,
                                     "versions": staticmethod(versions)})
 
 

@@ -28,7 +28,7 @@ from powerpipe.tracking import trials
 from powerpipe.core.exceptions import ConfigError
 from powerpipe.spec.steps import build_steps
 
-from .conftest import make_notebook
+from .conftest import FakeProject
 
 # A stand-in model notebook: predicts the constant `level` (its rmse falls as `level` nears the data's
 # level), and on demand fails, hangs, or reports a loss curve to its trial: trial 0's low, every later
@@ -54,16 +54,10 @@ CELLS = (
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """The fake notebook, a small data file, an outputs folder with its own store (and study storage)."""
+    """conftest's FakeProject with this notebook (and study storage); its configs hold a search, not a grid."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_notebook(tmp_path / "fake.ipynb", PARAMETERS, *CELLS)
-    csv = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), tmp_path / "small.csv")
 
-    class Project:
-        root = tmp_path
-        data_path = csv
-        outputs = tmp_path / "out"
-        tracking_uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    class Project(FakeProject):
         storage = f"sqlite:///{tmp_path / 'out' / search.STORAGE_NAME}"
 
         def config(self, block: dict, parameters: dict | None = None, promote: bool = True,
@@ -78,18 +72,6 @@ def project(tmp_path, monkeypatch):
             path.write_text(yaml.safe_dump(body, sort_keys=False))
             return path
 
-        def args(self, config_path: Path, *extra: str) -> list[str]:
-            return ["--config", str(config_path), "--data", str(self.data_path), "--outputs", str(self.outputs),
-                    "--quiet", *extra]
-
-        def run(self, config_path: Path, *extra: str) -> tuple[int, dict]:
-            code = cli.main(self.args(config_path, *extra))
-            summaries = sorted(self.outputs.glob("*/summary.json"), key=lambda p: p.parent.name)
-            return code, json.loads(summaries[-1].read_text())
-
-        def client(self):
-            return mlflow.MlflowClient(self.tracking_uri)
-
         def trial_runs(self, study: str, status: str | None = None):
             client = self.client()
             experiment = client.get_experiment_by_name("search")
@@ -101,7 +83,7 @@ def project(tmp_path, monkeypatch):
 
             return optuna.load_study(study_name=name, storage=self.storage)
 
-    return Project()
+    return Project(tmp_path, "search", parameters_cell=PARAMETERS, cells=CELLS)
 
 
 def trials_of(summary: dict) -> list[dict]:

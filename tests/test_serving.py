@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,13 @@ import pytest
 from powerpipe.forecast import data, evaluation, features, modeling, serving
 from powerpipe.core import tags
 
+from .conftest import free_port
+
 # The tutorial's request, in the JSON format current MLflow expects, with the hour it is for (UTC, no offset:
 # MLflow's datetime type is timezone-naive), as the README shows it.
 REQUEST = {"dataframe_split": {"columns": ["utc_timestamp", "windspeed", "temperature", "rad_horizontal",
                                            "rad_diffuse"],
                                "data": [["2016-06-01T12:00:00", 2, 20, 100, 100]]}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -60,14 +55,20 @@ def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
                 pytest.fail("scoring server did not start:\n" + log.read_text()[-3000:])
             time.sleep(0.5)
 
-        def post(request: dict) -> list:
+        def post(request: dict, refused: bool = False) -> list | tuple[int, str]:
+            """The predictions; with ``refused``, the request must fail: (HTTP status, body)."""
             message = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
                                              headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(message, timeout=30) as response:
-                    return json.loads(response.read())["predictions"]
+                    answer = json.loads(response.read())["predictions"]
             except urllib.error.HTTPError as exc:
+                if refused:
+                    return exc.code, exc.read().decode()
                 pytest.fail(f"scoring server answered {exc.code}: {exc.read().decode()[:2000]}")
+            if refused:
+                pytest.fail(f"scoring server answered a request it should refuse: {answer}")
+            return answer
 
         yield post
     finally:
@@ -85,8 +86,10 @@ def test_scoring_server_answers_tutorial_request(smoke_run, tmp_path):
         predictions = post(REQUEST)
     assert len(predictions) == 1
     row = predictions[0]
-    values = list(row.values()) if isinstance(row, dict) else row
-    assert len(values) == 2 and all(isinstance(v, float) for v in values)
+    # the point forecasts and the quantiles of the pipeline's levels (runner/smoke.yaml: the default p10-p90)
+    assert list(row) == ["solar_GW", "wind_GW", "solar_GW_p10", "solar_GW_p50", "solar_GW_p90", "wind_GW_p10",
+                         "wind_GW_p50", "wind_GW_p90"]
+    assert all(isinstance(v, float) and v >= 0 for v in row.values())
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from powerpipe.core import fsutil, paths, tags
 from powerpipe.tracking import retention, store as tracking
 from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError, Terminated, TrackingError
 
-from .conftest import FakeProject, count_runs, runner_process
+from .conftest import FakeProject, count_runs, free_port, runner_process
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -617,18 +617,12 @@ def test_without_a_terminal_one_line_per_finished_notebook(project):
     assert "\r" not in result.stderr and "notebook/s" not in result.stderr  # no progress-bar frames
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _MlflowServer:
     """`mlflow server` on loopback (SQLite backend, served artifacts) that a test can stop and start again."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process = None
 
@@ -682,8 +676,9 @@ def mlflow_server(tmp_path):
 def test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_resumes(project, mlflow_server):
     """Needs the pipeline to turn an unreachable store into StoreUnreachableError (tracking.store_guard),
     write summary.json with the reason and promote nothing."""
-    config = project.config({"level": [0.0, 1.0, 2.0, 3.0], "sleep": [8.0]})
-    argv = project.args(config, "--jobs", "1", "--tracking-uri", mlflow_server.uri, "--store-timeout", "20")
+    # Three points one at a time, each a few seconds: the server stops while the second or third runs.
+    config = project.config({"level": [0.0, 1.0, 2.0], "sleep": [5.0]})
+    argv = project.args(config, "--jobs", "1", "--tracking-uri", mlflow_server.uri, "--store-timeout", "10")
     process = runner_process(argv)
     deadline = time.monotonic() + 180
     while mlflow_server.runs("FINISHED") < 1:

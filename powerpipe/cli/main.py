@@ -159,6 +159,7 @@ Other commands (COMMAND --help for each):
   start / stage / finish    one stage at a time, for a scheduler's tasks
   list-points               the training grid points' labels
   rollback [--to VERSION]   move the production alias back (default: to its previous holder)
+  replay --start MONDAY     the weekly loop replayed week by week; a report comparing policies
   dashboard                 serve the dashboard on the production model
 
 \b
@@ -279,6 +280,71 @@ def rollback(to_version, **params):
     else:
         print(f"rolled back: models:/{name}@{alias} version {move.from_version} -> version {move.to_version}")
     return EXIT_OK
+
+
+@cli.command()
+@_config_option
+@click.option("--start", "start_date", metavar="DATE", required=True,
+              help="the first Monday to run as of (e.g. 2016-01-04)")
+@click.option("--weeks", type=int, default=52, show_default=True, help="how many weeks, one Monday after another")
+@click.option("--data", default="auto", show_default=True, help="the data, as for run (every week cuts it at its Monday)")
+@_store_options
+@click.option("--jobs", type=int, default=os.cpu_count() or 1, show_default="the number of CPU cores",
+              help="notebooks run at once, each on its own kernel (the kernels stay warm from week to week)")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="where notebooks run, as for run (default: dask when --scheduler is given, else local)")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None, help="Dask scheduler, as for run")
+@click.option("--timeout", type=float, default=None, help="seconds one notebook may run (default: the config's)")
+@click.option("--fresh-kernels", is_flag=True, help="a new kernel for every notebook (slower)")
+@click.option("--report-every", type=int, default=None, metavar="N",
+              help="run the compare and report stages every N weeks (default: never; the replay report is made "
+                   "at the end either way)")
+@click.option("--keep-runs", type=int, default=None, metavar="N",
+              help="after each week, remove all but the newest N pipeline runs of the replay (as gc)")
+@click.option("--quiet", is_flag=True, help="no line per finished notebook (one line per week stays)")
+@_debug_option
+def replay(start_date, weeks, report_every, **params):
+    """Replay the weekly loop as of each Monday from --start, one week after another, into its own folder and
+    store (<outputs>/replay-<start>-<weeks>w), then render the replay report that compares retraining
+    policies. Killed and started again with the same arguments, it goes on from the first unfinished week;
+    finished, it is served from its state file."""
+    args = _invocation(params)
+    from powerpipe.run.replay import run_replay
+
+    options = run_options(args)
+    on_step = (lambda result: log.info("  %s", step_line(result))) if not args.quiet else None
+    state = run_replay(options, start_date, weeks, report_every=report_every, keep_runs=args.keep_runs,
+                       on_step=on_step, on_week=lambda row: print(replay_line(row), flush=True))
+    return print_replay(state)
+
+
+def replay_line(row: dict) -> str:
+    """One line per finished week of a replay."""
+    def rmse(policy: str) -> str:
+        value = (row.get(policy) or {}).get("rmse")
+        return f"{value:.3g}" if value is not None else "-"
+
+    promoted = row.get("promoted")
+    moved = f"; {promoted['action'] or 'promoted'} v{promoted['version']}" if promoted else ""
+    alerts = f"; {len(row['alerts'])} alert(s)" if row["alerts"] else ""
+    return (f"week {row['index'] + 1} as of {row['week']}: {row['status']}; live RMSE production "
+            f"{rmse('production')} (v{row.get('production_version') or '-'}), first model {rmse('first_model')}, "
+            f"persistence {rmse('persistence')}, climatology {rmse('climatology')}{moved}{alerts}; "
+            f"{row.get('seconds', 0):.0f} s")
+
+
+def print_replay(state: dict) -> int:
+    rows = sorted(state["weeks"].values(), key=lambda r: r["index"])
+    report = state.get("report") or {}
+    failed = [r["week"] for r in rows if r["status"] != OK]
+    print()
+    print(f"replay:   {state['folder']} ({len(rows)} weeks"
+          + (f"; not ok: {', '.join(failed)}" if failed else ", every week ok") + ")")
+    if report.get("html"):
+        print(f"report:   {report['html']}" + (" (up to date: nothing ran)" if report.get("cached") else ""))
+    else:
+        print(f"report:   FAILED ({report.get('error')}); executed notebook: {report.get('notebook')}")
+    return EXIT_OK if not failed and report.get("html") else EXIT_FAILED
 
 
 @cli.command()
@@ -497,6 +563,12 @@ def dry_run(config_path: Path) -> int:
     for step, parameters in steps:
         params = ", ".join(f"{k}={v!r}" for k, v in parameters.items())
         print(f"{step.stage:8} {_display_path(step.notebook)}  {params}")
+    from powerpipe.run.refit import REFIT_EVALUATION, refit_enabled
+
+    if refit_enabled(config):  # one more execution, of a notebook known only once the gate has chosen
+        print(f"{'promote':8} <the winner's notebook and parameters>  evaluation={REFIT_EVALUATION!r}  "
+              "(refit on every hour, then registered; and, if production's configuration is not in the grid, "
+              "it is retrained as one more training point)")
     print(f"{sum(step.executions for step, _ in steps)} notebook executions planned; nothing was run.")
     return EXIT_OK
 

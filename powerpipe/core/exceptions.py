@@ -50,12 +50,20 @@ class RollbackError(TrackingError):
     """An alias cannot be moved back: the version named does not exist, or no earlier holder is recorded."""
 
 
+class ReplayError(PipelineError):
+    """A replay that cannot run: a start that is no Monday, no weeks, or a folder holding another replay."""
+
+
 class KernelError(PipelineError):
     """A kernel could not be started or prepared."""
 
 
 class DaskExecutorError(PipelineError):
     """The Dask cluster cannot be used for this pipeline (unreachable, or cannot see its files)."""
+
+
+class RequestError(PipelineError, ValueError):
+    """A request the served model cannot read (``forecast.quantile_model``): names the column and what is accepted."""
 
 
 class NoProductionModel(PipelineError):

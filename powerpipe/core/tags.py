@@ -87,6 +87,12 @@ MONITORING_ARTIFACT_DIR = "monitoring"
 MONITORING_ARTIFACT = f"{MONITORING_ARTIFACT_DIR}/monitoring.json"  # what summary.json says of it
 MONITORING_HISTORY_ARTIFACT = f"{MONITORING_ARTIFACT_DIR}/history.csv"  # one row per week, every metric
 
+# -- a replay (powerpipe.run.replay): the weekly loop as of each Monday of a year, one week after another --
+KIND_REPLAY = "replay"  # a run's kind: the replay's own run, which holds the replay report
+REPLAY = "powerpipe.replay"  # on each week's parent run and the replay's run: the replay's name (its folder)
+REPLAY_WEEK = "powerpipe.replay_week"  # on each week's parent run: the Monday it ran as of
+REPLAY_WEEKS = "powerpipe.replay_weeks"  # on the replay's run: how many weeks it replayed
+REPLAY_REPORT_HTML_NAME = "replay_report.html"
 
 # -- artifact paths ---------------------------------------------------------------------------------
 MODEL_ARTIFACT = "model"

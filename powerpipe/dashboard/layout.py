@@ -11,6 +11,7 @@ from powerpipe.tracking import store as tracking
 from powerpipe.forecast.data import TARGETS
 from powerpipe.core.exceptions import NoProductionModel, PipelineError, TrackingError
 
+from powerpipe.dashboard.alias_moves import history_section
 from powerpipe.dashboard.artifacts import artifact_url
 from powerpipe.dashboard.production_model import ProductionModelCache, ServingModel
 from powerpipe.dashboard.runs import PipelineRunRow, pipeline_runs
@@ -105,15 +106,21 @@ def model_card(model: ServingModel, cache: ProductionModelCache) -> list:
         "features": model.feature_set or "the four weather columns",
         "training run": f"{model.run_name} ({model.run_id})",
     }
+    if model.refit:  # registered after a refit on every hour: its scores are its evaluated run's
+        facts["training run"] = (f"{model.run_name} ({model.run_id}), refit on every hour of the data; "
+                                 f"scored as run {model.evaluated_run_id}")
+    if model.trained_until:
+        facts["trained until"] = model.trained_until.replace("T", " ").replace("+00:00", " UTC")
     card = [
         html.H3(f"{model.name} version {model.version}", id="model-card-title"),
         _key_value_table(facts, "model-facts"),
-        html.P(html.A("Open the executed training notebook", href=artifact_url(model.run_id, model.notebook_html),
-                      target="_blank")),
+        html.P(html.A("Open the executed training notebook",
+                      href=artifact_url(model.evaluated_run_id or model.run_id, model.notebook_html), target="_blank")),
         html.Div(className="columns", children=[
             html.Div([html.H4("Parameters"), _key_value_table(model.params, "model-params")]),
             html.Div([html.H4(f"Metrics ({model.evaluation or 'test split'})"), metrics_table(model.metrics)]),
         ]),
+        history_section(cache.tracking_uri, model.name, model.alias),
         html.P(className="data-note", id="data-note", children=[
             "Data shown: ", html.Code(str(shown.path)), f", {shown.origin}; {len(model.frame):,} hours, "
             f"{model.data_start:%Y-%m-%d} to {model.data_end:%Y-%m-%d}.",
@@ -128,6 +135,12 @@ def model_card(model: ServingModel, cache: ProductionModelCache) -> list:
         card.insert(0, html.Div("SYNTHETIC DATA: this model was trained on generated data, not measurements; "
                                 "its predictions say nothing about the real German grid.",
                                 className="banner", id="synthetic-banner"))
+    from powerpipe.dashboard import evergreen  # the live error since promotion, and monitoring's alerts first
+
+    alerts, live = evergreen.sections(cache.tracking_uri, model.name, model.version)
+    card.insert(card.index(next(c for c in card if isinstance(c, html.Div) and c.className == "columns")), live)
+    if alerts is not None:
+        card.insert(0, alerts)
     return card
 
 

@@ -56,6 +56,13 @@ class ServingModel:
     frame: pd.DataFrame
     predictions: pd.DataFrame
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # A model refit on every hour (stages.promote.refit): the run whose scores chose it, and its last hour learnt.
+    evaluated_run_id: str = ""  # params, metrics, evaluation and notebook above are this run's
+    trained_until: str = ""
+
+    @property
+    def refit(self) -> bool:
+        return bool(self.evaluated_run_id) and self.evaluated_run_id != self.run_id
 
     @property
     def data_start(self) -> pd.Timestamp:
@@ -70,10 +77,11 @@ def load_serving_model(client, uri: str, name: str, alias: str, version: str) ->
     """Load ``name`` version ``version``, its data, and predict on all of it once."""
     import mlflow
 
-    from powerpipe.forecast.serving import predict_frame
+    from powerpipe.forecast.quantile_model import forecast_frame
 
     model_version = client.get_model_version(name, version)
     run = client.get_run(model_version.run_id)
+    scored = _evaluated_run(client, model_version, run)  # a refit's scores are its evaluated run's
     shown = shown_data_for_run(client, run)
     frame = data_module.load_processed(shown.path)
     started = time.perf_counter()
@@ -83,22 +91,39 @@ def load_serving_model(client, uri: str, name: str, alias: str, version: str) ->
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_artifact_uri(client, model_version),
                                                     dst_path=folder, tracking_uri=uri)
         model = mlflow.pyfunc.load_model(local)
-    predictions = predict_frame(model, frame)
+    predictions = forecast_frame(model, frame)  # the point columns, and the quantiles of a model with intervals
     log.info("loaded %s version %s (run %s) and predicted %d hours of %s in %.1f s", name, version,
              run.info.run_id, len(frame), shown.path, time.perf_counter() - started)
     version_tags = model_version.tags or {}
     return ServingModel(
         name=name, alias=alias, version=str(version), run_id=run.info.run_id, run_name=run.info.run_name or "",
-        notebook=run.data.tags.get(tags.NOTEBOOK, ""), notebook_html=notebook_html_artifact(run),
-        params=dict(run.data.params), metrics=dict(run.data.metrics),
+        notebook=scored.data.tags.get(tags.NOTEBOOK, ""), notebook_html=notebook_html_artifact(scored),
+        params=dict(scored.data.params), metrics=dict(scored.data.metrics),
         promoted_at=version_tags.get(tags.PROMOTED_AT, ""), promoted_metric=version_tags.get(tags.METRIC, ""),
         promoted_value=version_tags.get(tags.METRIC_VALUE, ""),
         pipeline_run_id=version_tags.get(tags.PIPELINE_RUN_ID, ""),
         previous_version=version_tags.get(tags.PREVIOUS_VERSION, ""),
-        evaluation=describe_tag(run.data.tags.get(tags.EVALUATION)), feature_set=run.data.tags.get(tags.FEATURE_SET, ""),
+        evaluation=describe_tag(scored.data.tags.get(tags.EVALUATION)),
+        feature_set=scored.data.tags.get(tags.FEATURE_SET, ""),
         shown_data=shown, frame=frame,
         predictions=predictions,
+        evaluated_run_id=scored.info.run_id, trained_until=version_tags.get(tags.TRAINED_UNTIL, ""),
     )
+
+
+def _evaluated_run(client, model_version, run):
+    """The run whose holdout and backtest scores chose the version (``powerpipe.evaluated_run``), else its own."""
+    from mlflow.exceptions import MlflowException
+
+    evaluated = (model_version.tags or {}).get(tags.EVALUATED_RUN)
+    if not evaluated or evaluated == run.info.run_id:
+        return run
+    try:
+        return client.get_run(evaluated)
+    except MlflowException as exc:  # gone (garbage-collected): the card shows the version's own run
+        log.warning("evaluated run %s of %s version %s not readable: %s", evaluated, model_version.name,
+                    model_version.version, first_line(exc))
+        return run
 
 
 def model_artifact_uri(client, model_version) -> str:

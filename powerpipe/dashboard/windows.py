@@ -90,7 +90,9 @@ def window_frames(frame: pd.DataFrame, predictions: pd.DataFrame, window: Window
     predicted = predictions.iloc[lo:hi]
     resolution = "hourly"
     if window.end - window.start > pd.Timedelta(days=max_hourly_days):
-        recorded, predicted, resolution = recorded.resample("D").mean(), predicted.resample("D").mean(), "daily means"
+        # Daily means of the points only: a mean of hourly quantiles is no quantile of anything, so no band.
+        recorded, predicted, resolution = (recorded.resample("D").mean(), predicted[TARGETS].resample("D").mean(),
+                                           "daily means")
     naive = recorded.index.tz_convert("UTC").tz_localize(None)
     return recorded.set_axis(naive), predicted.set_axis(naive), resolution
 
@@ -105,22 +107,34 @@ class WindowFigure:
 
     def __init__(self):
         from powerpipe.forecast.figures import recorded_vs_predicted_figure
+        from powerpipe.forecast.interval_figures import BAND_LEVELS, BAND_NAME, BAND_UPPER_NAME
+        from powerpipe.forecast.intervals import quantile_column
 
         empty = pd.DataFrame({target: pd.Series(dtype="float64") for target in TARGETS},
                              index=pd.DatetimeIndex([]))
-        self.template = recorded_vs_predicted_figure(empty, empty, title="").to_plotly_json()
-        # Which frame and column fills each trace: its name (recorded / predicted) and its panel's y axis.
+        # The predictions' template has the band too: a model with intervals fills it, one without leaves it empty.
+        band = empty.assign(**{quantile_column(t, level): pd.Series(dtype="float64") for t in TARGETS
+                               for level in BAND_LEVELS})
+        self.template = recorded_vs_predicted_figure(empty, band, title="").to_plotly_json()
+        # Which frame and column fills each trace: its name (recorded / predicted / band) and its panel's y axis.
         axes = ["y"] + [f"y{i}" for i in range(2, len(TARGETS) + 1)]
         self.slots = [(trace["name"], TARGETS[axes.index(trace.get("yaxis", "y"))])
                       for trace in self.template["data"]]
-        if sorted(self.slots) != sorted((name, target) for name in ("predicted", "recorded") for target in TARGETS):
+        names = ("predicted", "recorded", BAND_NAME, BAND_UPPER_NAME)
+        if sorted(self.slots) != sorted((name, target) for name in names for target in TARGETS):
             raise ValueError(f"unexpected traces in recorded_vs_predicted_figure: {self.slots}")
+        self.columns = {BAND_NAME: lambda target: quantile_column(target, BAND_LEVELS[0]),
+                        BAND_UPPER_NAME: lambda target: quantile_column(target, BAND_LEVELS[1])}
 
     def __call__(self, recorded: pd.DataFrame, predicted: pd.DataFrame, title: str) -> dict:
-        frames = {"recorded": recorded, "predicted": predicted}
         times = recorded.index.strftime("%Y-%m-%dT%H:%M:%S").tolist()
         data = []
         for trace, (name, target) in zip(self.template["data"], self.slots):
-            data.append({**trace, "x": times, "y": frames[name][target].to_numpy()})
+            frame = recorded if name == "recorded" else predicted
+            column = self.columns[name](target) if name in self.columns else target
+            if column in frame.columns:
+                data.append({**trace, "x": times, "y": frame[column].to_numpy()})
+            else:  # no band: a model without intervals, or daily means
+                data.append({**trace, "x": [], "y": []})
         layout = {**self.template["layout"], "title": {**self.template["layout"].get("title", {}), "text": title}}
         return {"data": data, "layout": layout}

@@ -240,28 +240,66 @@ def mark_failure(path: Path, error: str) -> None:
 _exporters = threading.local()  # building an exporter compiles its templates: once per thread
 
 
-def _exporter(exclude_input: bool, template_file: Path | None):
+def _html_exporter_class():
+    """nbconvert's HTMLExporter, except that a ``template_file`` name is looked up on the template paths
+    only: nbconvert's own observer first tries it as a path relative to the CWD (another folder's file of
+    that name wins; a deleted CWD raises), and does so again with the bare name it splits off a path."""
     from nbconvert import HTMLExporter
 
+    class PathsOnlyHTMLExporter(HTMLExporter):
+        def _template_file_changed(self, change):  # replaces nbconvert's @observe("template_file") handler
+            pass
+
+    return PathsOnlyHTMLExporter
+
+
+def _exporter(exclude_input: bool, template_file: Path | None, fresh: bool = False):
+    """The thread's HTML exporter for these options (``fresh``: a new one in its place).
+
+    Built so that nothing depends on the working folder: nbconvert looks ``template_file`` up in the CWD
+    first (``_html_exporter_class`` stops that), and searches ``extra_template_basedirs`` (default: the
+    CWD, which fails in a deleted folder) for the base templates; so the template's folder is named for
+    both, and the template is loaded at once (not lazily, later, in another CWD or thread).
+    """
     key = (exclude_input, str(template_file))
     cache = _exporters.__dict__.setdefault("by_key", {})
-    if key not in cache:
+    if fresh or key not in cache:
         options = {"embed_images": True}
         if template_file:
-            options.update(extra_template_paths=[str(template_file.parent)], template_file=template_file.name)
+            template_file = Path(template_file).resolve()
+            options.update(extra_template_basedirs=[str(template_file.parent)],
+                           extra_template_paths=[str(template_file.parent)], template_file=template_file.name)
+        else:
+            options.update(extra_template_basedirs=[str(Path(__file__).resolve().parent)])
         if exclude_input:
             options.update(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-        cache[key] = HTMLExporter(**options)
+        exporter = _html_exporter_class()(**options)
+        exporter.template  # noqa: B018 - load it now, with the paths above
+        cache[key] = exporter
     return cache[key]
 
 
 def render_html(notebook: Path, html: Path | None = None, exclude_input: bool = False,
-                template_file: Path | None = None) -> Path:
-    """Render an executed notebook to one HTML file (images embedded), optionally with our own template."""
+                template_file: Path | None = None, drop_stderr: bool = False) -> Path:
+    """Render an executed notebook to one HTML file (images embedded), optionally with our own template.
+
+    ``drop_stderr``: leave out what the kernel wrote to stderr (library warnings, TensorFlow's CUDA
+    chatter): a client's report shows only what its cells display.
+    """
     import nbformat
 
     html = html or notebook.with_suffix(".html")
-    body, _ = _exporter(exclude_input, template_file).from_notebook_node(nbformat.read(notebook, as_version=4))
+    node = nbformat.read(notebook, as_version=4)
+    if drop_stderr:
+        for cell in node.cells:
+            if "outputs" in cell:
+                cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream"
+                                                                and o.get("name") == "stderr")]
+    try:
+        body, _ = _exporter(exclude_input, template_file).from_notebook_node(node)
+    except LookupError:  # jinja2's TemplateNotFound: a cached exporter gone stale; one fresh retry
+        log.warning("rendering %s: template lookup failed; retrying with a fresh exporter", notebook.name)
+        body, _ = _exporter(exclude_input, template_file, fresh=True).from_notebook_node(node)
     atomic_write_text(html, body, fsync=False)
     return html
 

@@ -83,7 +83,8 @@ def _render_report(notebook: Path, html: Path) -> None:
     from powerpipe.core import paths
     from powerpipe.execution.engine import render_html
 
-    render_html(notebook, html, exclude_input=True, template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2")
+    render_html(notebook, html, exclude_input=True, template_file=paths.REPORT_TEMPLATES_DIR / "offline_report.html.j2",
+                drop_stderr=True)  # the report goes to clients: nothing a kernel prints to stderr belongs in it
     _drop_inlined_plotlyjs(notebook, html.name)
 
 

@@ -27,6 +27,10 @@ TIME_COLUMN = "utc_timestamp"
 FEATURES = ["windspeed", "temperature", "rad_horizontal", "rad_diffuse"]
 TARGETS = ["solar_GW", "wind_GW"]
 COLUMNS = TARGETS + FEATURES
+# Optional columns of the processed schema: installed capacity (GW) per target, kept by the process stage
+# when it builds the data from the raw OPSD time series (its DE_solar_capacity, DE_wind_capacity; see
+# powerpipe.forecast.capacity). Never a model input; other data (the tutorial's file) has none.
+CAPACITY_COLUMNS = {"solar_GW": "solar_capacity_GW", "wind_GW": "wind_capacity_GW"}
 
 # The tutorial's processed file (see ../shared/data/README.md); the hash is checked after download.
 PROCESSED_URL = "https://raw.githubusercontent.com/Samreay/DSGoPipeline/master/1_starting_point/germany.csv"
@@ -50,6 +54,9 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
     "temperature": (-40.0, 50.0, "°C"),
     "rad_horizontal": (0.0, 1400.0, "W/m²"),
     "rad_diffuse": (0.0, 1400.0, "W/m²"),
+    # Installed capacity (optional columns): above zero, below ten times Germany's fleet of the 2020s.
+    "solar_capacity_GW": (0.001, 1000.0, "GW"),
+    "wind_capacity_GW": (0.001, 1000.0, "GW"),
 }
 REPORT_ROWS = 5  # rows named per problem in a validation report
 
@@ -101,7 +108,7 @@ def validate_frame(frame: pd.DataFrame, origin: str = "data") -> pd.DataFrame:
             f"{origin}: missing required column(s) {', '.join(missing)} "
             f"(found: {', '.join(map(str, frame.columns))})"
         )
-    for column in COLUMNS:
+    for column in COLUMNS + capacity_columns(frame):
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = values.isna() & frame[column].notna()
         if bad.any():
@@ -136,7 +143,12 @@ def validate_frame(frame: pd.DataFrame, origin: str = "data") -> pd.DataFrame:
         )
     # Stable, so the two readings of a repeated hour keep the file's order.
     frame = frame.assign(**{TIME_COLUMN: times}).set_index(TIME_COLUMN).sort_index(kind="stable")
-    return check_processed(frame[COLUMNS], origin)
+    return check_processed(frame[COLUMNS + capacity_columns(frame)], origin)
+
+
+def capacity_columns(frame: pd.DataFrame) -> list[str]:
+    """The optional capacity columns (``CAPACITY_COLUMNS``) a frame has, in schema order."""
+    return [column for column in CAPACITY_COLUMNS.values() if column in frame.columns]
 
 
 def check_processed(frame: pd.DataFrame, origin: str = "processed data") -> pd.DataFrame:
@@ -167,7 +179,7 @@ def check_processed(frame: pd.DataFrame, origin: str = "processed data") -> pd.D
         unexpected = (occurrence >= 1) & ~((occurrence == 1) & is_dst_fallback_hour(times).to_numpy())
         if unexpected.any():
             problems.append(_report_rows("index: duplicated time(s)", index, unexpected))
-    for column in (c for c in COLUMNS if c in frame.columns):
+    for column in (c for c in COLUMNS + capacity_columns(frame) if c in frame.columns):
         values = frame[column]
         if values.dtype != np.float64:
             problems.append(f"column {column}: dtype {values.dtype}, expected float64")
@@ -213,7 +225,7 @@ def write_processed(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a processed frame in the tutorial's CSV layout, atomically (a full disk: ``DiskFullError``,
     and the previous file, if any, stays whole)."""
     path = Path(path)
-    out = frame[COLUMNS].copy()
+    out = frame[COLUMNS + capacity_columns(frame)].copy()
     out.index = out.index.tz_convert("UTC")
     out.index.name = TIME_COLUMN
     with atomic_path(path) as temporary:

@@ -45,6 +45,8 @@ SPLITS = ("time", "random", "none")
 FOLD_LENGTHS = {"week": {"weeks": 1}, "month": {"months": 1}, "quarter": {"months": 3}, "year": {"years": 1}}
 TIME_KEYS = ("split", "test_start", "test_period", "folds", "fold_length")
 RANDOM_KEYS = ("split", "test_size", "random_state")
+QUANTILES_KEY = "quantiles"  # allowed with every split: the levels of the models' intervals
+REQUIRED_QUANTILES = (0.1, 0.5, 0.9)
 NONE_KEYS = ("split",)  # the refit of a chosen configuration: every hour learnt, none held out
 
 DEFAULT_TEST_START = "2016-01-01"
@@ -69,6 +71,9 @@ class Evaluation:
     fold_length: str = DEFAULT_FOLD_LENGTH  # time split: one of FOLD_LENGTHS
     test_size: float = DEFAULT_TEST_SIZE  # random split: share of hours held out
     random_state: int = DEFAULT_RANDOM_STATE  # random split: the shuffle's seed
+    # Quantile levels every model answers and is scored on (``powerpipe.forecast.intervals``); None: the
+    # default, p10, p50, p90. Any split; declared as ``quantiles: [0.1, 0.5, 0.9]``.
+    quantiles: tuple[float, ...] | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "Evaluation":
@@ -82,6 +87,11 @@ class Evaluation:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"evaluation must be a mapping such as {{split: time, test_start: '2016-01-01'}}, "
                               f"got {raw!r}")
+        if QUANTILES_KEY in raw:  # the levels apply to any split: checked here, the rest as always
+            from dataclasses import replace
+
+            rest = cls.from_dict({key: value for key, value in raw.items() if key != QUANTILES_KEY})
+            return replace(rest, quantiles=_quantile_levels(raw[QUANTILES_KEY]))
         split = raw.get("split", "time")
         if split not in SPLITS:
             raise ConfigError(f"evaluation.split must be 'time' or 'random', got {split!r}")
@@ -132,8 +142,11 @@ class Evaluation:
         keys = TIME_KEYS if self.split == "time" else RANDOM_KEYS if self.split == "random" else NONE_KEYS
         # A fixed window has no test_period, an unresolved relative one no test_start yet: left out, so a
         # fixed window's dict (its cache key, its tag) is what it always was.
-        return {key: getattr(self, key) for key in keys
-                if not (key in ("test_start", "test_period") and getattr(self, key) is None)}
+        out = {key: getattr(self, key) for key in keys
+               if not (key in ("test_start", "test_period") and getattr(self, key) is None)}
+        if self.quantiles is not None:
+            out[QUANTILES_KEY] = list(self.quantiles)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
@@ -332,6 +345,10 @@ def backtest_summary(table: pd.DataFrame) -> dict[str, float]:
     if table.empty:
         return {}
     keys = ["r2", "rmse", *(f"{t.removesuffix('_GW')}_{m}" for t in TARGETS for m in ("r2", "rmse"))]
+    # The intervals' measures, when the folds were scored with them (powerpipe.forecast.intervals.backtest).
+    keys += [key for key in ("crps", "crps_skill", *(f"{t.removesuffix('_GW')}_{m}" for t in TARGETS
+                                                     for m in ("coverage_80", "crps", "crps_skill", "nrmse_capacity")))
+             if key in table.columns]
     return {f"backtest_{key}": float(table[key].mean()) for key in keys}
 
 
@@ -403,6 +420,24 @@ def _check_sides(frame: pd.DataFrame, start: pd.Timestamp, test: np.ndarray) -> 
                           f"{last if not test.any() else first:%Y-%m-%d %H:%M} (data {first:%Y-%m-%d} to "
                           f"{last:%Y-%m-%d}); set test_start inside the data (or a test_period shorter "
                           "than the data)")
+
+
+def _quantile_levels(value: Any) -> tuple[float, ...]:
+    """``evaluation.quantiles``: distinct numbers strictly between 0 and 1, p10, p50 and p90 among them."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"evaluation.quantiles must be a list of levels such as [0.1, 0.5, 0.9], got {value!r}")
+    levels = []
+    for level in value:
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+            raise ConfigError(f"evaluation.quantiles: {level!r} is not a level strictly between 0 and 1")
+        levels.append(round(float(level), 6))
+    if len(set(levels)) != len(levels):
+        raise ConfigError(f"evaluation.quantiles repeats a level: {value!r}")
+    missing = [f"{level:g}" for level in REQUIRED_QUANTILES if level not in levels]
+    if missing:
+        raise ConfigError(f"evaluation.quantiles must include 0.1, 0.5 and 0.9 (every model answers p10, p50, p90);"
+                          f" {', '.join(missing)} missing from {value!r}")
+    return tuple(sorted(levels))
 
 
 def _time_text(value: Any) -> str:

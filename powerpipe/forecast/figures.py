@@ -52,13 +52,17 @@ def seasonal_solar_figure(frame: pd.DataFrame, window_days: int = 7):
 
 def recorded_vs_predicted_figure(recorded: pd.DataFrame, predicted: pd.DataFrame, title: str = "",
                                  split_at: pd.Timestamp | None = None):
-    """Recorded and predicted solar and wind over a window, one panel per target."""
+    """Recorded and predicted solar and wind over a window, one panel per target; the forecast's p10-p90 band
+    under them when ``predicted`` has the quantile columns (a model with intervals)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from powerpipe.forecast.interval_figures import add_band
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("Solar (GW)", "Wind (GW)"))
     for row, target in enumerate(TARGETS, start=1):
+        add_band(fig, predicted.index, predicted, target, row=row, show_legend=row == 1)
         fig.add_trace(go.Scatter(x=recorded.index, y=recorded[target], name="recorded", mode="lines",
                                  line={"color": "#4C78A8"}, legendgroup="recorded", showlegend=row == 1), row=row, col=1)
         fig.add_trace(go.Scatter(x=predicted.index, y=predicted[target], name="predicted", mode="lines",

@@ -80,7 +80,10 @@ def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
 
 
 def predictions_frame(y_pred, index=None) -> pd.DataFrame:
-    """A model's raw output (n × 2) as a frame with the target names."""
+    """A model's raw output (n × 2) as a frame with the target names (a model that answers with quantile
+    columns too, ``quantile_model``: its point columns)."""
+    if isinstance(y_pred, pd.DataFrame) and all(target in y_pred.columns for target in TARGETS):
+        y_pred = y_pred[TARGETS].to_numpy()
     return pd.DataFrame(np.asarray(y_pred, dtype="float64").reshape(-1, len(TARGETS)), columns=TARGETS, index=index)
 
 

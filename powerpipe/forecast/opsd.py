@@ -58,6 +58,9 @@ WEATHER_COLUMNS = {
     "DE_radiation_direct_horizontal": "rad_horizontal",
     "DE_radiation_diffuse_horizontal": "rad_diffuse",
 }
+# Installed capacity (MW) of the time series, kept as the processed data's optional capacity columns
+# (data.CAPACITY_COLUMNS, GW) when the file has both: what nRMSE and nMAE are a share of.
+CAPACITY_RAW_COLUMNS = {"DE_solar_capacity": "solar_capacity_GW", "DE_wind_capacity": "wind_capacity_GW"}
 # x 0.001 rather than / 1000: it is what the tutorial did, and the published file holds exactly those
 # floats (7379 MW -> 7.3790000000000004 GW), so the processed CSV is reproduced byte for byte.
 MW_TO_GW = 0.001
@@ -408,8 +411,10 @@ def _open_csv(path: Path, member: str | None) -> Iterator[IO[bytes]]:
             yield handle
 
 
-def _read_raw(path: str | os.PathLike, wanted: list[str], member: str | None = None) -> pd.DataFrame:
-    """``wanted`` columns of a raw OPSD CSV (as float64, file order kept), indexed by UTC time."""
+def _read_raw(path: str | os.PathLike, wanted: list[str], member: str | None = None,
+              optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``wanted`` columns of a raw OPSD CSV (as float64, file order kept), indexed by UTC time; and those of
+    ``optional`` the file has."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"raw data file not found: {path}")
@@ -421,6 +426,7 @@ def _read_raw(path: str | os.PathLike, wanted: list[str], member: str | None = N
         if missing:
             shown = ", ".join(header[:12]) + (", ..." if len(header) > 12 else "")
             raise DataError(f"{origin}: missing column(s) {', '.join(missing)} ({len(header)} columns: {shown})")
+        wanted = [*wanted, *(c for c in optional if c in header)]
         with _open_csv(path, member) as handle:
             # round_trip: the values must come out as the very floats the file spells.
             frame = pd.read_csv(handle, usecols=[TIME_COLUMN, *wanted], dtype={c: "float64" for c in wanted},
@@ -436,8 +442,9 @@ def _read_raw(path: str | os.PathLike, wanted: list[str], member: str | None = N
 
 
 def read_time_series(path: str | os.PathLike) -> pd.DataFrame:
-    """Germany's solar and wind generation (MW, raw column names) from ``time_series_60min_singleindex.csv``."""
-    return _read_raw(path, list(TIME_SERIES_COLUMNS))
+    """Germany's solar and wind generation (MW, raw column names) from ``time_series_60min_singleindex.csv``,
+    with its installed capacity (``CAPACITY_RAW_COLUMNS``) where the file has it."""
+    return _read_raw(path, list(TIME_SERIES_COLUMNS), optional=tuple(CAPACITY_RAW_COLUMNS))
 
 
 def read_weather(path: str | os.PathLike) -> pd.DataFrame:
@@ -469,7 +476,7 @@ def build_processed(time_series_path: str | os.PathLike, weather_path: str | os.
     if repeated.any():
         shown = ", ".join(t.isoformat() for t in generation.index[repeated].unique()[:5])
         raise DataError(f"{time_series_path}: {TIME_COLUMN} repeats ({int(repeated.sum())} rows, e.g. {shown})")
-    generation = (generation * MW_TO_GW).rename(columns=TIME_SERIES_COLUMNS)
+    generation = (generation * MW_TO_GW).rename(columns={**TIME_SERIES_COLUMNS, **CAPACITY_RAW_COLUMNS})
     weather = read_weather(weather_path).rename(columns=WEATHER_COLUMNS)
 
     generation = generation[generation.index >= start]
@@ -482,7 +489,21 @@ def build_processed(time_series_path: str | os.PathLike, weather_path: str | os.
              len(joined), start.isoformat(), len(processed), len(joined) - len(processed))
     if processed.empty:
         raise DataError(f"no complete hours from {start.isoformat()} on in {time_series_path} and {weather_path}")
-    return processed
+    return _with_capacity(processed, generation)
+
+
+def _with_capacity(processed: pd.DataFrame, generation: pd.DataFrame) -> pd.DataFrame:
+    """``processed`` with the time series' installed capacity (GW) for each of its hours, when the file has
+    both capacity columns and they cover every hour (carried forward over a gap, backward at the start)."""
+    columns = list(CAPACITY_RAW_COLUMNS.values())
+    if not all(column in generation.columns for column in columns):
+        return processed
+    carried = generation[columns].ffill().bfill().reindex(processed.index)
+    if carried.isna().any().any() or (carried <= 0).any().any():
+        log.warning("the time series' capacity columns do not cover every hour: not kept (nRMSE and nMAE will "
+                    "use the documented table of installed capacity)")
+        return processed
+    return pd.concat([processed, carried], axis=1)
 
 
 def select_from(frame: pd.DataFrame, start_date: str) -> pd.DataFrame:

@@ -39,8 +39,12 @@ KERAS_ARTIFACT = "keras_model"
 MODEL_ARTIFACT = tags.MODEL_ARTIFACT
 BACKTEST_ARTIFACT = "evaluation/backtest.csv"
 MONTHLY_SKILL_ARTIFACT = "evaluation/monthly_skill.csv"
+RELIABILITY_ARTIFACT = "evaluation/reliability.csv"  # observed frequency per nominal quantile level (holdout)
 # Per-fold metrics, logged with step = fold number (1-based).
-FOLD_METRICS = {"r2": "fold_r2", "rmse": "fold_rmse", "solar_r2": "fold_solar_r2", "wind_r2": "fold_wind_r2"}
+FOLD_METRICS = {"r2": "fold_r2", "rmse": "fold_rmse", "solar_r2": "fold_solar_r2", "wind_r2": "fold_wind_r2",
+                # the intervals' (powerpipe.forecast.intervals.backtest), when the table has them
+                "crps": "fold_crps", "crps_skill": "fold_crps_skill", "solar_coverage_80": "fold_solar_coverage_80",
+                "wind_coverage_80": "fold_wind_coverage_80"}
 DIGEST_LENGTH = 32  # MLflow stores dataset digests in 36 characters
 # Types inside the models we fit ourselves; skops refuses to load them unless named.
 SKOPS_TRUSTED_TYPES = [
@@ -82,8 +86,13 @@ def model_input(X: pd.DataFrame) -> pd.DataFrame:
     return raw_input(X)
 
 
-def log_model(model, X_example: pd.DataFrame, flavor: str, feature_set: str | None = None) -> None:
+def log_model(model, X_example: pd.DataFrame, flavor: str, feature_set: str | None = None,
+              calibration=None) -> None:
     """Log a fitted model that takes the raw schema, with signature and input example in that schema.
+
+    With ``calibration`` (an ``intervals.Calibration``): the model with its intervals, a
+    ``quantile_model.QuantileForecastModel`` answering the point and quantile columns for the same
+    request, and reading ``utc_timestamp`` as text or datetimes with or without a time zone.
 
     ``flavor="sklearn"``: ``model`` is a fitted scikit-learn estimator taking the raw schema (a
     ``modeling.make_model`` Pipeline). ``flavor="keras"``: a fitted Keras net taking the features of
@@ -101,6 +110,15 @@ def log_model(model, X_example: pd.DataFrame, flavor: str, feature_set: str | No
                     f"scikit-learn=={_version('scikit-learn')}", f"pvlib=={_version('pvlib')}"]
     # Explicit requirements: inferring them would start a subprocess that loads the model again.
     code_paths = [str(Path(__file__).resolve().parent.parent)]  # the powerpipe package: FeatureBuilder at serving time
+    if calibration is not None:
+        from powerpipe.forecast import quantile_model
+
+        if flavor == "keras":
+            requirements += [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}"]
+        requirements += [f"scoringrules=={_version('scoringrules')}"]
+        quantile_model.log(model, X_example, flavor, calibration, MODEL_ARTIFACT, requirements, code_paths,
+                           feature_set=feature_set)
+        return
     if flavor == "sklearn":
         signature = infer_signature(example, predictions_frame(model.predict(example)))
         mlflow.sklearn.log_model(model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
@@ -236,7 +254,8 @@ def log_backtest(table: pd.DataFrame) -> dict[str, float]:
         return {}
     for row in table.itertuples(index=False):
         row = row._asdict()
-        mlflow.log_metrics({name: float(row[key]) for key, name in FOLD_METRICS.items()}, step=int(row["fold"]))
+        mlflow.log_metrics({name: float(row[key]) for key, name in FOLD_METRICS.items() if key in row},
+                           step=int(row["fold"]))
     _log_table(table, BACKTEST_ARTIFACT)
     return backtest_summary(table)
 
@@ -246,6 +265,12 @@ def log_monthly_skill(y_test: pd.DataFrame, y_pred) -> pd.DataFrame:
     table = skill_by_period(y_test, y_pred, "MS")
     _log_table(table.reset_index(), MONTHLY_SKILL_ARTIFACT)
     return table
+
+
+def log_reliability(table: pd.DataFrame) -> None:
+    """The holdout's reliability table (``interval_figures.reliability_table``) as ``evaluation/reliability.csv``:
+    the report draws it for a model refit on every hour, which has no unseen hours of its own."""
+    _log_table(table.reset_index(), RELIABILITY_ARTIFACT)
 
 
 def _log_table(table: pd.DataFrame, artifact: str) -> None:

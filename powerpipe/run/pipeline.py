@@ -22,6 +22,7 @@ from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError
 from powerpipe.execution.executor import wait
 from powerpipe.run.recorder import DONE, FAILED, KILLED, OK, SETTLED, RunRecorder, StepResult
 from powerpipe.run.options import RunOptions
+from powerpipe.run.refit import champion_calls
 from powerpipe.run.stages import run_process, run_promote, run_report
 from powerpipe.run.step_runner import StepRunner
 from powerpipe.spec.steps import Runtime, Step
@@ -126,11 +127,7 @@ class Pipeline:
         those named by ``labels``). A search's results are its trials'."""
         steps = [step for step in self.of_stage("train") if labels is None or step.label in labels]
         calls = [lambda step=step: self.run_search(step) if step.is_search else [self.run_step(step)] for step in steps]
-        if labels is None and self.config.promote is not None:  # the production model's configuration, retrained
-            from powerpipe.run.refit import run_champion
-
-            calls.append(lambda: run_champion(self))
-        results = self.in_parallel(calls)
+        results = self.in_parallel(calls + (champion_calls(self) if labels is None else []))  # production's config
         return [result for each in results for result in each]
 
     def run_search(self, step: Step) -> list[StepResult]:

@@ -69,6 +69,9 @@ class ChampionPlan:
     step: Step | None  # the extra grid point to run; None when an identical grid point stands for it
 
 
+NO_CHAMPION = ChampionPlan("", "", "", "", None)  # planned: nothing holds the alias, or it cannot be retrained
+
+
 def _canonical(parameters: dict) -> str:
     return json.dumps(parameters, sort_keys=True, default=str)
 
@@ -128,11 +131,20 @@ def plan_champion(pipeline) -> ChampionPlan | None:
     return ChampionPlan(holder, str(current.version), evaluated, step.label, step)
 
 
+def champion_calls(pipeline) -> list:
+    """What the training stage runs beside its grid for the champion: [run_champion] when promoting."""
+    return [lambda: run_champion(pipeline)] if pipeline.config.promote is not None else []
+
+
 def run_champion(pipeline) -> list[StepResult]:
     """Plan the champion (kept on the pipeline for the promote stage) and, if no grid point stands for it,
-    train its configuration like a grid point. Its result, or []."""
-    plan = pipeline.champion = plan_champion(pipeline)
-    return _train_champion(pipeline, plan)
+    train its configuration like a grid point. Returns []: its result is recorded (summary.json) and read by
+    the promote stage, but it is no challenger (not in the leaderboard; alone, it is not "a training run
+    that succeeded")."""
+    plan = plan_champion(pipeline)
+    pipeline.champion = plan or NO_CHAMPION  # the promote stage asks the store again only if never planned
+    _train_champion(pipeline, plan)
+    return []
 
 
 def _train_champion(pipeline, plan: ChampionPlan | None) -> list[StepResult]:
@@ -158,7 +170,8 @@ def run_promote(pipeline, trained: list[StepResult]):
     spec = config.promote
     if spec is None:
         return None
-    plan = getattr(pipeline, "champion", None) or plan_champion(pipeline)
+    plan = getattr(pipeline, "champion", None)
+    plan = plan_champion(pipeline) if plan is None else None if plan is NO_CHAMPION else plan
     results = {r.label: r for r in recorder.results}
     champion_result = results.get(plan.label) if plan else None
     if plan is not None and plan.step is not None and champion_result is None:  # a stage-by-stage run
@@ -181,7 +194,7 @@ def run_promote(pipeline, trained: list[StepResult]):
     def register(candidate: Candidate) -> Registration | None:
         if not refit:
             return Registration(candidate.run_id, training_end(recorder.client, candidate.run_id, data_path,
-                                                               config.evaluation))
+                                                               pipeline.runtime.evaluation))
         result = run_refit(pipeline, by_run[candidate.run_id])
         if result.status not in DONE or not result.mlflow_run_id:
             log.error("the refit of run %s on every hour failed (%s): nothing promoted", candidate.run_id,
@@ -190,7 +203,8 @@ def run_promote(pipeline, trained: list[StepResult]):
         return Registration(result.mlflow_run_id, data_end(data_path), refit=True)
 
     return promote(recorder.client, candidates, spec, recorder.run_id, data_path, force=pipeline.force_promote,
-                   evaluation=config.evaluation, champion=champion, register=register,
+                   evaluation=pipeline.runtime.evaluation,  # a relative test window, as resolved for this run
+                   champion=champion, register=register,
                    data_end=data_end(data_path) if refit else None)
 
 
@@ -209,7 +223,10 @@ def run_refit(pipeline, winner: StepResult) -> StepResult:
     """Execute the refit of ``winner`` (or reuse a cached one of the same inputs); its result is recorded."""
     step = refit_step(pipeline, winner)
     _add_step(pipeline, step, before="report")
-    runtime = dataclasses.replace(pipeline.runtime, evaluation=dict(REFIT_EVALUATION))
+    # The pipeline's quantile levels go along: the refitted model answers the same intervals.
+    levels = (pipeline.runtime.evaluation or {}).get("quantiles")
+    runtime = dataclasses.replace(pipeline.runtime, evaluation=dict(REFIT_EVALUATION, **(
+        {"quantiles": levels} if levels else {})))
     log.info("refitting %s (run %s) on every hour of the data", winner.label, winner.mlflow_run_id)
     return pipeline.runner.run(step, runtime, pipeline.data_sha256, (Path(runtime.data_path), pipeline.data_sha256))
 

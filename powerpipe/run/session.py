@@ -42,11 +42,12 @@ def plan(config: PipelineConfig) -> list[tuple[Step, dict]]:
     return [(step, step.parameters(runtime)) for step in build_steps(config)]
 
 
-def prepare(options, on_step=None, scheduled: bool = False):
+def prepare(options, on_step=None, scheduled: bool = False, executor=None):
     """Every check that can fail before anything is logged, then the run folder, parent run and executor.
 
     ``scheduled``: a pipeline run driven stage by stage (``stagewise``): no executor yet (each stage
-    starts its own), and a parent run that outlives this process.
+    starts its own), and a parent run that outlives this process. ``executor``: one to use instead of a
+    new one (a replay's, shared by its weeks so that kernels stay warm; the caller owns it).
     """
     import mlflow
 
@@ -77,7 +78,7 @@ def prepare(options, on_step=None, scheduled: bool = False):
         lock.release(run_id)
         raise
     notebooks = [spec.notebook for spec in config.notebook_specs()]
-    executor = None
+    shared_executor, executor = executor, None
     try:
         if source is None:
             source = data_module.resolve(options.data, generated_dir=run_dir / "data")
@@ -88,7 +89,9 @@ def prepare(options, on_step=None, scheduled: bool = False):
         if source.synthetic:
             log.warning("SYNTHETIC DATA: %s was generated, not measured; metrics say nothing about the real grid",
                         source.path)
-        if not scheduled:  # a cluster that cannot see the run folder fails here, before any run is logged
+        if shared_executor is not None:
+            executor = shared_executor
+        elif not scheduled:  # a cluster that cannot see the run folder fails here, before any run is logged
             executor = executor_for(options, notebooks, uri, run_dir, source)
         tracking.enable_sqlite_wal(uri)
         client = mlflow.MlflowClient(uri)

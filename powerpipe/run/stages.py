@@ -78,6 +78,9 @@ def run_report(pipeline, step: Step) -> str | None:
     # What monitoring found is part of the report (its first section): a cached report is reused only
     # with the same data, model and monitoring.
     inputs = f"{pipeline.data_sha256}+monitoring:{fingerprint(pipeline.watch)}" if pipeline.watch else pipeline.data_sha256
+    from powerpipe.tracking.alias_history import last_move
+
+    inputs += f"+aliases:{last_move(recorder.client, spec.model_name, spec.alias)}"  # its history table: after a rollback too
     result = pipeline.runner.run_with_output(step, runtime, inputs, tags.REPORT_PATH, html,
                                              data=(Path(runtime.data_path), pipeline.data_sha256), render=False,
                                              report_html=html)

@@ -150,7 +150,7 @@ def summary_keys(pipeline) -> dict:
 
     period = None
     path = Path(pipeline.runtime.data_path)
-    if path.is_file():
+    if path.is_file() and pipeline.source.source != data_module.OPSD_SPEC:  # opsd: built by the stage that failed
         try:
             period = windows.period(data_module.load_processed(path))
         except DataError:

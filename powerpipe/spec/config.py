@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 BACKTEST_METRICS = ("backtest_r2", "backtest_rmse")
 # The metrics the runner reads back from a notebook (summary.json, promotion).
+# CRPS of the models' quantiles (powerpipe.forecast.scores): lowest wins, as for rmse.
+PROBABILISTIC_METRICS = ("crps", "solar_crps", "wind_crps")
 METRICS = ("rmse", "mae", "r2") + tuple(f"{t}_{m}" for t in ("solar", "wind") for m in ("rmse", "mae", "r2")) \
-    + BACKTEST_METRICS
+    + BACKTEST_METRICS + PROBABILISTIC_METRICS
 
 # Parameters the runner itself passes to each stage's notebook, declared once: they must exist in
 # its parameters cell and cannot be set in the config. ``steps.Runtime`` has a field of each name.

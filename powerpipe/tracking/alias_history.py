@@ -113,6 +113,13 @@ def history(client, name: str, alias: str | None = None) -> list[AliasMove]:
     return moves
 
 
+def last_move(client, name: str, alias: str) -> str:
+    """The key of the alias's latest move ("" for none): what a report showing the history depends on."""
+    model_tags = client.get_registered_model(name).tags or {}
+    keys = [k for k in model_tags if k.startswith(tags.alias_history_key(alias, ""))]
+    return max(keys) if keys else ""
+
+
 def history_rows(moves: list[AliasMove], newest_first: bool = True) -> list[dict[str, str]]:
     """The history as rows of text, for a table (the report's and the dashboard's)."""
     def number(value) -> str:
@@ -131,6 +138,30 @@ def history_rows(moves: list[AliasMove], newest_first: bool = True) -> list[dict
             "trained until": move.trained_until.replace("T", " ").replace("+00:00", "")[:16] or "–",
         })
     return rows
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a registered version came from: the run that scored it and what its model learnt."""
+
+    evaluated_run_id: str  # the run whose holdout and backtest scores chose it ("" unknown)
+    registered_run_id: str  # the run whose model the version is
+    trained_until: str  # ISO time of the last hour its model learnt ("" unknown)
+    alias: str  # the alias it was promoted to ("" unknown)
+
+    @property
+    def refit(self) -> bool:
+        """Its model is a refit of the evaluated run's configuration on every hour (it learnt the test hours too)."""
+        return bool(self.evaluated_run_id) and self.evaluated_run_id != self.registered_run_id
+
+
+def lineage(client, name: str, version: str) -> Lineage:
+    """The lineage of ``name`` version ``version`` from its tags (a version from before refits: its own run)."""
+    model_version = client.get_model_version(name, str(version))
+    version_tags = model_version.tags or {}
+    run_id = model_version.run_id or ""
+    return Lineage(version_tags.get(tags.EVALUATED_RUN) or run_id, run_id, version_tags.get(tags.TRAINED_UNTIL, ""),
+                   version_tags.get(tags.ALIAS, ""))
 
 
 def previous_holder(client, name: str, alias: str, current_version: str) -> str | None:

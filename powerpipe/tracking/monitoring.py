@@ -53,11 +53,12 @@ def trained_until(client, version) -> tuple[Any, str]:
 
     from powerpipe.forecast.evaluation import from_tag
 
+    from powerpipe.forecast.windows import utc
+
     recorded = (version.tags or {}).get(tags.TRAINED_UNTIL)
     if recorded:
         try:
-            return pd.Timestamp(recorded).tz_convert("UTC") if pd.Timestamp(recorded).tzinfo else \
-                pd.Timestamp(recorded, tz="UTC"), f"the model version's {tags.TRAINED_UNTIL} tag"
+            return utc(pd.Timestamp(recorded)), f"the model version's {tags.TRAINED_UNTIL} tag"
         except ValueError:
             log.warning("model version %s/%s: unreadable %s %r", version.name, version.version, tags.TRAINED_UNTIL,
                         recorded)

@@ -17,7 +17,7 @@ from typing import Callable
 
 from powerpipe.core.constants import Goal
 from powerpipe.core import tags
-from powerpipe.spec.config import METRICS, PromoteSpec
+from powerpipe.spec.config import METRICS, PROBABILISTIC_METRICS, PromoteSpec
 from powerpipe.tracking import alias_history
 from powerpipe.tracking.alias_history import FORCED_PROMOTION, PROMOTION, REFRESH
 from powerpipe.core.exceptions import StoreUnreachableError
@@ -131,6 +131,10 @@ def evaluate_version(client, name: str, version: str, data_path: Path, metric: s
 
     model = load_version(client, name, version)
     _, X_test, _, y_test = holdout(data.load_processed(data_path), evaluation)
+    if metric in PROBABILISTIC_METRICS:  # from its quantiles (a model without: its points, taken as certain)
+        from powerpipe.forecast.quantile_model import crps_of_model
+
+        return crps_of_model(model, X_test, y_test)[metric]
     return modeling.evaluate(y_test, modeling.predictions_frame(model.predict(X_test)).to_numpy())[metric]
 
 

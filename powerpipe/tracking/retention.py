@@ -207,10 +207,11 @@ def _pipeline_runs(outputs_dir: Path, client) -> dict[str, _PipelineRun]:
         if run_id:
             runs.setdefault(run_id, _PipelineRun(run_id)).parent = parent
             parents[parent.info.run_id] = run_id
-    for child in _search_runs(client, experiments, tags.equals(tags.KIND, tags.KIND_NOTEBOOK)):
-        run_id = child.data.tags.get(tags.PIPELINE_RUN_ID) or parents.get(child.data.tags.get(tags.MLFLOW_PARENT_RUN_ID))
-        if run_id in runs:
-            runs[run_id].children.append(child)
+    for kind in (tags.KIND_NOTEBOOK, tags.KIND_MONITORING):  # notebook runs, and each run's monitoring run
+        for child in _search_runs(client, experiments, tags.equals(tags.KIND, kind)):
+            run_id = child.data.tags.get(tags.PIPELINE_RUN_ID) or parents.get(child.data.tags.get(tags.MLFLOW_PARENT_RUN_ID))
+            if run_id in runs:
+                runs[run_id].children.append(child)
     return runs
 
 
@@ -235,6 +236,9 @@ def _protected(client, kept: list[_PipelineRun], report: GcReport) -> tuple[dict
             for version in page:
                 if version.run_id:
                     protected.setdefault(version.run_id, f"is behind model {version.name} version {version.version}")
+                evaluated = (version.tags or {}).get(tags.EVALUATED_RUN)
+                if evaluated and evaluated != version.run_id:  # a refit's scores, read by the report and dashboard
+                    protected.setdefault(evaluated, f"scored model {version.name} version {version.version}")
                 if getattr(version, "model_id", None):
                     models.add(version.model_id)
             token = page.token

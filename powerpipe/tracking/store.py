@@ -270,15 +270,16 @@ def record_metrics(metrics: dict[str, float]) -> None:
     scrapbook.glue(METRICS_SCRAP, metrics, display=False)
 
 
-def log_model(model, X_example, flavor: str, feature_set: str | None = None) -> None:
+def log_model(model, X_example, flavor: str, feature_set: str | None = None, calibration=None) -> None:
     """Log a fitted model with signature and input example, so it can be served as it is.
 
     The model takes the raw schema (``utc_timestamp`` + the four weather columns) and computes its
-    features itself: see ``serving.log_model``, which does the work.
+    features itself; with ``calibration`` (``intervals.calibrate``) it answers its quantiles too: see
+    ``serving.log_model``, which does the work.
     """
     from powerpipe.forecast import serving
 
-    serving.log_model(model, X_example, flavor, feature_set=feature_set)
+    serving.log_model(model, X_example, flavor, feature_set=feature_set, calibration=calibration)
 
 
 def _version(distribution: str) -> str:

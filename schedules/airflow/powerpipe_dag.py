@@ -89,7 +89,11 @@ def project_env(tracking_uri: str = "") -> dict[str, str]:
 
 
 def list_points(python: str, project_dir: str, config: str) -> list[str]:
-    """The training grid point labels of ``config``, in pipeline order, from the project's interpreter."""
+    """The training grid point labels of ``config``, in pipeline order, from the project's interpreter.
+
+    Run by the ``start`` task, never at parse time. A bad config (exit 2, or no grid point) fails the
+    task for good; anything else (the interpreter missing, a crash, a timeout) fails it to be retried.
+    """
     command = [python, "runner/run_all.py", "--list-points", "--config", config]
     try:
         done = subprocess.run(command, cwd=project_dir, env=project_env(), capture_output=True, text=True,
@@ -97,11 +101,12 @@ def list_points(python: str, project_dir: str, config: str) -> list[str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"powerpipe: cannot run {' '.join(command)} in {project_dir}: {exc}") from None
     if done.returncode != 0:
-        raise RuntimeError(f"powerpipe: {' '.join(command)} (in {project_dir}) exited {done.returncode}:\n"
-                           f"{done.stderr.strip()[-2000:]}")
+        failure = AirflowFailException if done.returncode == EXIT_USAGE else RuntimeError
+        raise failure(f"powerpipe: {' '.join(command)} (in {project_dir}) exited {done.returncode}:\n"
+                      f"{done.stderr.strip()[-2000:]}")
     points = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     if not points:
-        raise RuntimeError(f"powerpipe: {config} has no training grid point")
+        raise AirflowFailException(f"powerpipe: {config} has no training grid point")
     return points
 
 
