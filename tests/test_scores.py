@@ -147,3 +147,29 @@ def test_capacity_columns_are_carried_from_the_raw_opsd_time_series(tmp_path):
     (tmp_path / "plain.csv").write_bytes(plain_ts)
     plain = opsd.build_processed(tmp_path / "plain.csv", tmp_path / "weather.zip", start_date="2015-12-30")
     assert list(plain.columns) == data.COLUMNS and capacity.source_of(plain) == capacity.SOURCE_TABLE
+
+
+# -- promotion on CRPS ------------------------------------------------------------------------------
+
+def test_promotion_may_rank_on_crps_lowest_wins(tmp_path):
+    from powerpipe.spec.config import load_config
+
+    (tmp_path / "train.ipynb").write_text("{}")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("root: .\nstages:\n  train:\n    - notebook: train.ipynb\n  promote: {metric: crps}\n")
+    promote = load_config(path).promote
+    assert (promote.metric, promote.goal) == ("crps", "minimize")
+
+
+def test_crps_of_a_model_without_quantiles_is_its_mean_absolute_error(three_rows):
+    """What the gate re-scores a production model logged before intervals with: its points, taken as certain."""
+    from sklearn.dummy import DummyRegressor
+
+    from powerpipe.forecast import features, quantile_model
+
+    y = three_rows[data.TARGETS]
+    model = DummyRegressor(strategy="constant", constant=[11.0, 5.0]).fit(features.raw_input(three_rows), y)
+    scored = quantile_model.crps_of_model(model, features.raw_input(three_rows), y)
+    assert scored["solar_crps"] == pytest.approx((1.0 + 1.5 + 3.0) / 3)  # |11 - 10|, |11 - 12.5|, |11 - 14|
+    assert scored["wind_crps"] == pytest.approx((0.0 + 1.0 + 1.5) / 3)
+    assert scored["crps"] == pytest.approx((scored["solar_crps"] + scored["wind_crps"]) / 2)

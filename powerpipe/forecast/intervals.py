@@ -8,11 +8,12 @@ real data (``docs/forecasting.md``, "Intervals"):
 1. **Residuals out of sample, one extra fit.** ``calibrate`` refits the model once on the training hours
    before its last year (``calibration_window``) and predicts that year. Only training hours are used:
    the intervals scored on the holdout never saw a holdout hour.
-2. **As a share of installed capacity, centred.** Residuals are divided by the installed capacity of
-   their hour (``capacity.table_capacity``), so a year with a larger fleet scales them, and shifted so
-   that their median is zero: the calibration model is a year older than the deployed one and, in years
-   of fast growth (wind +14 % in 2015), under-predicts by the growth it has not seen; the deployed model
-   carries no such known bias.
+2. **As a share of installed capacity, centred on the deployed model.** Residuals are divided by the
+   installed capacity of their hour (``capacity.table_capacity``), so a year with a larger fleet scales
+   them. The calibration model is a year older than the deployed one and, in years of fast growth (wind
+   +14 % in 2015), under-predicts by the growth it has not seen: its residuals are shifted so that their
+   median is the deployed model's own on the same hours (in sample), so a bias of the model (an
+   underfit) stays and one of its age goes.
 3. **Conditioned on the forecast** (Mondrian bins): the predicted share of capacity in ``LEVEL_BINS``
    bins (quantiles of the calibration forecasts, plus a bin of its own for a forecast of zero), crossed
    with the half-year (April-September, October-March). Errors grow with the output, and winter errors
@@ -126,7 +127,7 @@ class TargetCalibration:
     """One target's interval model: bins, zero shares, sorted residuals per bin, the recalibration map."""
 
     target: str
-    centre: float  # subtracted from the capacity-normalised residuals
+    centre: float  # the mean shift taken off its residuals (share of capacity; ``calibrate``'s centring)
     edges: np.ndarray  # bin edges of the predicted share of capacity (the first: ZERO_FORECAST)
     zero_share: dict[int, float]  # per bin: share of recorded zeros
     residuals: dict[int, np.ndarray]  # per bin: sorted normalised residuals of the hours not recorded as 0
