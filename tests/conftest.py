@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import http.server
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -73,6 +76,24 @@ def notebooks(tmp_path) -> dict[str, Path]:
         "no_parameters": make_notebook(folder / "no_parameters.ipynb", None, "print('hello')"),
         "hangs": make_notebook(folder / "hangs.ipynb", "x: int = 1", "import time\ntime.sleep(600)"),
     }
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """Each test leaves MLflow's process-wide tracking URI as it found it. ``mlflow.set_tracking_uri`` also
+    sets ``MLFLOW_TRACKING_URI`` in ``os.environ`` (MLflow 3), which a later in-process run would take as
+    the user's store: one test's store would receive the next test's runs."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before_env, before_uri = os.environ.get("MLFLOW_TRACKING_URI"), tracking_utils._tracking_uri
+    yield
+    if tracking_utils._tracking_uri != before_uri:
+        tracking_utils._tracking_uri = before_uri
+        tracking_utils.reset()
+    if before_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 @pytest.fixture
@@ -264,7 +285,8 @@ class LoopbackFileServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # shutdown() waits up to one poll interval: 0.5 s by default, per server, per test
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -339,3 +361,85 @@ def serve():
     yield start
     for server in servers:
         server.close()
+
+
+# -- a private store with a production model, and the MLflow scoring server on it -------------------------
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private tracking store (artifacts beside it), the active run ended afterwards."""
+    import mlflow
+
+    from powerpipe.tracking import store as tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = tracking.ensure_experiment(mlflow.MlflowClient(uri), "serving_test", uri)
+    yield uri, experiment_id
+    mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return data.synthetic_frame("2015-09-01", "2016-03-31 23:00")
+
+
+def register_production(uri: str, run_id: str, name: str = "BestModel", alias: str = "production") -> str:
+    """Register the model a run logged last as a new version of ``name`` and point ``alias`` at it; its model id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    model_id = client.get_run(run_id).outputs.model_outputs[-1].model_id
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return model_id
+
+
+@contextlib.contextmanager
+def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
+    """``mlflow models serve`` on 127.0.0.1 for ``model_uri``; yields a function that posts a request."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # the scoring server starts `uvicorn` from PATH, as an activated venv has it
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = folder / "serve.log"
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=folder,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("scoring server did not start:\n" + log.read_text()[-3000:])
+            time.sleep(0.5)
+
+        def post(request: dict, refused: bool = False) -> list | tuple[int, str]:
+            """The predictions; with ``refused``, the request must fail: (HTTP status, body)."""
+            message = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(message, timeout=30) as response:
+                    answer = json.loads(response.read())["predictions"]
+            except urllib.error.HTTPError as exc:
+                if refused:
+                    return exc.code, exc.read().decode()
+                pytest.fail(f"scoring server answered {exc.code}: {exc.read().decode()[:2000]}")
+            if refused:
+                pytest.fail(f"scoring server answered a request it should refuse: {answer}")
+            return answer
+
+        yield post
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -312,7 +312,9 @@ def check_loaded_model(app, run) -> None:
     assert model.params  # the grid point's parameters
     assert model.shown_data.path == run["run_dir"] / "data" / paths.PROCESSED_DATA_NAME
     assert model.shown_data.synthetic and model.shown_data.matches_training
-    assert list(model.predictions.columns) == ["solar_GW", "wind_GW"]
+    points = ["solar_GW", "wind_GW"]  # then the quantiles, when the model was logged with intervals
+    assert list(model.predictions.columns[:2]) == points
+    assert set(model.predictions.columns[2:]) <= {f"{target}_p{level}" for target in points for level in (10, 50, 90)}
     assert model.predictions.index.equals(model.frame.index)
     assert model.predictions.notna().all().all()
 

@@ -40,7 +40,7 @@ def test_every_model_entry_point_runs_an_existing_notebook_with_its_declared_par
         if name == "main":
             assert command.startswith("python runner/run_all.py ")
             continue
-        notebook = re.search(r"powerpipe\.project_run (\S+\.ipynb)", command).group(1)
+        notebook = re.search(r"powerpipe\.run\.project_run (\S+\.ipynb)", command).group(1)
         declared = read_parameters(ROOT / notebook)
         keys = re.findall(r"(\w+)=\{\1\}", command)
         for key in keys:
@@ -57,7 +57,7 @@ def test_mlproject_defaults_are_the_notebooks_own():
     """Not needed for a run to work (the default is passed explicitly), but a drift changes what `-e rf`
     without -P trains: keep MLproject in step when a notebook's defaults change."""
     for name, entry in mlproject()["entry_points"].items():
-        match = re.search(r"powerpipe\.project_run (\S+\.ipynb)", entry["command"])
+        match = re.search(r"powerpipe\.run\.project_run (\S+\.ipynb)", entry["command"])
         if not match:
             continue
         declared = read_parameters(ROOT / match.group(1))

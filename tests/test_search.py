@@ -5,6 +5,7 @@ an MLflow server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -317,22 +318,27 @@ def test_sigkill_mid_search_then_resume_to_exactly_n_trials(project):
     import optuna
 
     path = project.config({"sampler": "random", "n_trials": 6, "seed": 0, "space": SPACE},
-                          parameters={"sleep": 1.0}, promote=False)
+                          parameters={"sleep": 2.0}, promote=False)
     command = [sys.executable, "-c", "import sys; from powerpipe.cli.main import main; sys.exit(main(sys.argv[1:]))",
                *project.args(path), "--jobs", "2"]
-    process = subprocess.Popen(command, cwd=paths.PROJECT_ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    log = project.root / "runner.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=paths.PROJECT_ROOT, start_new_session=True,
+                                   stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    states: list = []
     try:
-        while time.monotonic() < deadline:  # kill it once two trials are done and more are running
-            time.sleep(0.3)
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.3)  # kill it once two trials are done and more are running
             states = _trial_states(project)
             if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and optuna.trial.TrialState.RUNNING in states:
                 break
         else:
-            pytest.fail("the search did not get going")
+            pytest.fail(f"the search did not get going (exit {process.poll()}, trials {states}):\n"
+                        + log.read_text(errors="replace")[-3000:])
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the runner and its kernels, mid-search
+        with contextlib.suppress(ProcessLookupError):  # gone already when it failed early
+            os.killpg(process.pid, signal.SIGKILL)  # the runner and its kernels, mid-search
         process.wait()
     (name,) = [s.study_name for s in _study_summaries(project.storage)]
     interrupted = [t.number for t in project.study(name).trials if t.state == optuna.trial.TrialState.RUNNING]

@@ -10,7 +10,7 @@ import pytest
 
 from powerpipe.forecast import data, evaluation, intervals, modeling, quantile_model, serving
 
-from .test_serving import frame, scoring_server, store  # noqa: F401 - fixtures and the server helper
+from .conftest import register_production, scoring_server
 
 COLUMNS = ["solar_GW", "wind_GW", "solar_GW_p10", "solar_GW_p50", "solar_GW_p90", "wind_GW_p10", "wind_GW_p50",
            "wind_GW_p90"]
@@ -19,7 +19,7 @@ TEXT_FORMS = {"iso": "%Y-%m-%dT%H:%M:%S", "iso_z": "%Y-%m-%dT%H:%M:%SZ", "space_
 
 
 @pytest.fixture
-def logged(store, frame, tmp_path):  # noqa: F811 - the fixtures imported above
+def logged(store, frame, tmp_path):
     """A weather_calendar linear model with its calibration, logged and registered as BestModel@production."""
     import mlflow
 
@@ -32,12 +32,7 @@ def logged(store, frame, tmp_path):  # noqa: F811 - the fixtures imported above
     calibration = intervals.calibrate(evaluation.refit(model), X_train, y_train, spec, fitted=model.predict)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         serving.log_model(model, X_train, flavor="sklearn", calibration=calibration)
-    client = mlflow.MlflowClient(uri)
-    model_id = client.get_run(run.info.run_id).outputs.model_outputs[-1].model_id
-    client.create_registered_model("BestModel")
-    version = client.create_model_version("BestModel", source=f"models:/{model_id}", run_id=run.info.run_id,
-                                          model_id=model_id)
-    client.set_registered_model_alias("BestModel", "production", version.version)
+    register_production(uri, run.info.run_id)
     day = X_test[(X_test.index >= "2016-03-10") & (X_test.index < "2016-03-11")]
     return {"uri": uri, "model": model, "calibration": calibration, "day": day, "path": tmp_path}
 

@@ -3,77 +3,23 @@ exactly what the model computed in training (features inside the model); and wha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from powerpipe.forecast import data, evaluation, features, modeling, serving
 from powerpipe.core import tags
 
-from .conftest import free_port
+from .conftest import register_production, scoring_server
 
 # The tutorial's request, in the JSON format current MLflow expects, with the hour it is for (UTC, no offset:
 # MLflow's datetime type is timezone-naive), as the README shows it.
 REQUEST = {"dataframe_split": {"columns": ["utc_timestamp", "windspeed", "temperature", "rad_horizontal",
                                            "rad_diffuse"],
                                "data": [["2016-06-01T12:00:00", 2, 20, 100, 100]]}}
-
-
-@contextlib.contextmanager
-def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
-    """``mlflow models serve`` on 127.0.0.1 for ``model_uri``; yields a function that posts a request."""
-    port = free_port()
-    bin_dir = Path(sys.executable).parent  # the scoring server starts `uvicorn` from PATH, as an activated venv has it
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = folder / "serve.log"
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=folder,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("scoring server did not start:\n" + log.read_text()[-3000:])
-            time.sleep(0.5)
-
-        def post(request: dict, refused: bool = False) -> list | tuple[int, str]:
-            """The predictions; with ``refused``, the request must fail: (HTTP status, body)."""
-            message = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
-                                             headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(message, timeout=30) as response:
-                    answer = json.loads(response.read())["predictions"]
-            except urllib.error.HTTPError as exc:
-                if refused:
-                    return exc.code, exc.read().decode()
-                pytest.fail(f"scoring server answered {exc.code}: {exc.read().decode()[:2000]}")
-            if refused:
-                pytest.fail(f"scoring server answered a request it should refuse: {answer}")
-            return answer
-
-        yield post
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def rows(predictions: list) -> np.ndarray:
@@ -92,27 +38,6 @@ def test_scoring_server_answers_tutorial_request(smoke_run, tmp_path):
     assert all(isinstance(v, float) and v >= 0 for v in row.values())
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A private tracking store (artifacts beside it), the active run ended afterwards."""
-    import mlflow
-
-    from powerpipe.tracking import store as tracking
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
-    mlflow.set_tracking_uri(uri)
-    experiment_id = tracking.ensure_experiment(mlflow.MlflowClient(uri), "serving_test", uri)
-    yield uri, experiment_id
-    mlflow.end_run()
-
-
-@pytest.fixture(scope="module")
-def frame() -> pd.DataFrame:
-    return data.synthetic_frame("2015-09-01", "2016-03-31 23:00")
-
-
 @pytest.mark.slow
 def test_feature_set_model_is_served_as_trained(store, frame, tmp_path):
     """A weather_calendar model, registered as production, answers timestamps + weather over HTTP exactly
@@ -124,12 +49,7 @@ def test_feature_set_model_is_served_as_trained(store, frame, tmp_path):
     model = modeling.make_model(modeling.gradient_boosting(max_iter=30), "weather_calendar").fit(X_train, y_train)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         serving.log_model(model, X_train, flavor="sklearn")
-    client = mlflow.MlflowClient(uri)
-    model_id = client.get_run(run.info.run_id).outputs.model_outputs[-1].model_id
-    client.create_registered_model("BestModel")
-    version = client.create_model_version("BestModel", source=f"models:/{model_id}", run_id=run.info.run_id,
-                                          model_id=model_id)
-    client.set_registered_model_alias("BestModel", "production", version.version)
+    model_id = register_production(uri, run.info.run_id)
 
     # A day of the test period: leads and lags come from the same request, as in the test split.
     day = X_test[(X_test.index >= "2016-03-10") & (X_test.index < "2016-03-11")]

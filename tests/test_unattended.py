@@ -171,6 +171,7 @@ def test_unreachable_server_is_told_apart_and_bounded(monkeypatch):
             raise ValueError("a bug")
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds)
 def test_server_that_accepts_but_never_answers_times_out_within_the_budget(monkeypatch):
     import threading
 
@@ -505,6 +506,7 @@ def _artifact_dir(client, run_id: str) -> Path:
     return Path(urllib.request.url2pathname(client.get_run(run_id).info.artifact_uri.removeprefix("file://")))
 
 
+@pytest.mark.slow  # runs `mlflow gc` in a subprocess (seconds)
 def test_retention_keeps_newest_and_everything_in_use(history):
     h, p = history, history.p
     artifacts = {run["run"]: _artifact_dir(h.client, run["run"]) for pipe in p for run in pipe["children"]}
@@ -552,6 +554,7 @@ def test_retention_keeps_newest_and_everything_in_use(history):
     assert again.removed == [] and again.deleted_runs == [] and again.bytes_freed == 0
 
 
+@pytest.mark.slow  # runs `mlflow gc` in a subprocess (seconds)
 def test_gc_command_through_the_cli(history, capsys):
     code = cli.main(["gc", "--keep-runs", "4", "--outputs", str(history.outputs), "--tracking-uri", history.uri])
     out = capsys.readouterr().out

@@ -88,15 +88,9 @@ def _debug_option(f):
     return click.option("--debug", is_flag=True, help="show tracebacks and debug logging")(f)
 
 
-def _run_options(f):
-    """The flags of a pipeline run (``run``, and ``start``, which sets one up for a scheduler)."""
+def _execution_options(f):
+    """Where and how notebooks run: ``run``, ``start`` and ``replay`` take the same."""
     for decorate in reversed([
-        _config_option,
-        click.option("--data", default="auto", show_default=True,
-                     help="processed CSV path, 'synthetic', 'opsd' (the process stage builds it from the raw Open "
-                          "Power System Data files), or 'auto': data/germany.csv, else download the tutorial's "
-                          "file, else synthetic data"),
-        _store_options,
         click.option("--jobs", type=int, default=os.cpu_count() or 1, show_default="the number of CPU cores",
                      help="notebooks run at once, each on its own kernel"),
         click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
@@ -109,10 +103,25 @@ def _run_options(f):
         click.option("--timeout", type=float, default=None,
                      help="seconds one notebook may run before it is stopped and failed; must be positive "
                           "(default: the config's)"),
-        click.option("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB, show_default=True, metavar="MB",
-                     help="refuse to start when the outputs folder's disk has less free space (0: no check)"),
         click.option("--fresh-kernels", is_flag=True,
                      help="a new kernel for every notebook, nothing preloaded (slower; the classic papermill way)"),
+    ]):
+        f = decorate(f)
+    return f
+
+
+def _run_options(f):
+    """The flags of a pipeline run (``run``, and ``start``, which sets one up for a scheduler)."""
+    for decorate in reversed([
+        _config_option,
+        click.option("--data", default="auto", show_default=True,
+                     help="processed CSV path, 'synthetic', 'opsd' (the process stage builds it from the raw Open "
+                          "Power System Data files), or 'auto': data/germany.csv, else download the tutorial's "
+                          "file, else synthetic data"),
+        _store_options,
+        _execution_options,
+        click.option("--min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB, show_default=True, metavar="MB",
+                     help="refuse to start when the outputs folder's disk has less free space (0: no check)"),
         click.option("--force", is_flag=True,
                      help="run every grid point, even those with an earlier FINISHED run of the same inputs"),
         click.option("--force-promote", is_flag=True,
@@ -289,13 +298,7 @@ def rollback(to_version, **params):
 @click.option("--weeks", type=int, default=52, show_default=True, help="how many weeks, one Monday after another")
 @click.option("--data", default="auto", show_default=True, help="the data, as for run (every week cuts it at its Monday)")
 @_store_options
-@click.option("--jobs", type=int, default=os.cpu_count() or 1, show_default="the number of CPU cores",
-              help="notebooks run at once, each on its own kernel (the kernels stay warm from week to week)")
-@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
-              help="where notebooks run, as for run (default: dask when --scheduler is given, else local)")
-@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None, help="Dask scheduler, as for run")
-@click.option("--timeout", type=float, default=None, help="seconds one notebook may run (default: the config's)")
-@click.option("--fresh-kernels", is_flag=True, help="a new kernel for every notebook (slower)")
+@_execution_options
 @click.option("--report-every", type=int, default=None, metavar="N",
               help="run the compare and report stages every N weeks (default: never; the replay report is made "
                    "at the end either way)")

@@ -30,7 +30,6 @@ NumPy and scikit-learn are imported by the functions that split frames.
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
 import json
 from dataclasses import dataclass
@@ -446,19 +445,6 @@ def _time_text(value: Any) -> str:
     Text in ISO 8601 (``2016-01-01``, ``2016-01-01 06:00``, with or without an offset; no offset: UTC),
     or a date (YAML reads an unquoted ``2016-01-01`` as one).
     """
-    if isinstance(value, dt.datetime):
-        stamp = value
-    elif isinstance(value, dt.date):
-        stamp = dt.datetime.combine(value, dt.time())
-    elif isinstance(value, str):
-        try:
-            stamp = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ConfigError(f"evaluation.test_start is not a date: {value!r} (expected e.g. '2016-01-01')") from None
-    else:
-        raise ConfigError(f"evaluation.test_start must be a date such as '2016-01-01', got {value!r}")
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    if stamp.time() == dt.time():
-        return f"{stamp:%Y-%m-%d}"
-    return f"{stamp:%Y-%m-%d %H:%M}"
+    from powerpipe.forecast.windows import parse_time, time_text
+
+    return time_text(parse_time(value, "evaluation.test_start", example="2016-01-01"))

@@ -187,7 +187,6 @@ def log_datasets(data_path: str | os.PathLike, evaluation: Evaluation | dict | N
     path; digest: the first 32 hex digits of the SHA-256 of the whole file (the full hash, the split
     and the row count and time range go into the input's tags).
     """
-    import mlflow
     from mlflow.data.pandas_dataset import PandasDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 

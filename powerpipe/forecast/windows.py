@@ -48,7 +48,7 @@ def describe_period(value: str) -> str:
     return f"{count} {unit[:-1] if count == 1 else unit}"
 
 
-def parse_time(value: Any, what: str = "--as-of") -> dt.datetime:
+def parse_time(value: Any, what: str = "--as-of", example: str = "2016-07-04") -> dt.datetime:
     """A time in UTC (naive) from ISO text (``2016-07-04``, ``2016-07-04 06:00``; no offset: UTC) or a date."""
     if isinstance(value, dt.datetime):
         stamp = value
@@ -58,10 +58,10 @@ def parse_time(value: Any, what: str = "--as-of") -> dt.datetime:
         try:
             stamp = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ConfigError(f"{what} is not a date: {value!r} (expected e.g. '2016-07-04' or "
-                              "'2016-07-04 06:00', UTC)") from None
+            raise ConfigError(f"{what} is not a date: {value!r} (expected e.g. '{example}' or "
+                              f"'{example} 06:00', UTC)") from None
     else:
-        raise ConfigError(f"{what} must be a date such as '2016-07-04', got {value!r}")
+        raise ConfigError(f"{what} must be a date such as '{example}', got {value!r}")
     if stamp.tzinfo is not None:
         stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return stamp

@@ -1,6 +1,6 @@
 """One model notebook as an MLflow Project entry point: ``mlflow run . -e rf -P n_estimators=64``.
 
-``MLproject`` runs ``python -m powerpipe.project_run NOTEBOOK [--data D] key=value ...``. This joins
+``MLproject`` runs ``python -m powerpipe.run.project_run NOTEBOOK [--data D] key=value ...``. This joins
 the run that ``mlflow run`` created (``MLFLOW_RUN_ID`` in the environment; run by hand, a new run is
 created in the default experiment), checks each value against the notebook's ``parameters`` cell,
 resolves the data as ``run_all.py --data`` does, and executes the notebook through
@@ -36,7 +36,7 @@ NONE_WORDS = ("none", "null", "~")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m powerpipe.project_run",
+        prog="python -m powerpipe.run.project_run",
         description="Execute one model notebook as an MLflow Project entry point, recorded like a training grid "
                     "point (into the run `mlflow run` created, else a new one).")
     parser.add_argument("notebook", type=Path, help="the model notebook, e.g. notebooks/model_rf.ipynb")
