@@ -210,10 +210,33 @@ class FakeProject:
         return Path(self.tracking_uri[len("sqlite:///"):])
 
 
+def default_signal_dispositions() -> None:
+    """In a child before it runs: Ctrl-C and hangup as a terminal gives them. A suite started by ``nohup`` or
+    in the background of a script hands its children SIGHUP or SIGINT ignored, and the runner rightly keeps
+    an ignored signal ignored: the signal tests would test the launcher, not the runner."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def runner_process(argv: list[str], **kwargs) -> subprocess.Popen:
     """``runner/run_all.py`` in a process of its own (its own session: a signal reaches it alone)."""
     return subprocess.Popen([sys.executable, str(paths.RUNNER_DIR / "run_all.py"), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_signal_dispositions, **kwargs)
+
+
+@pytest.fixture
+def hangup_not_ignored():
+    """SIGHUP at its default for this test (see ``default_signal_dispositions``), as it was afterwards."""
+    import signal
+
+    before = signal.getsignal(signal.SIGHUP)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, before)
 
 
 def count_runs(db: Path, status: str, stage: str = "train") -> int:
@@ -398,6 +421,21 @@ def register_production(uri: str, run_id: str, name: str = "BestModel", alias: s
     return model_id
 
 
+def wait_until_answering(url: str, server: subprocess.Popen, log: Path, what: str, seconds: float = 180) -> None:
+    """Until ``url`` answers 200; fails with the end of ``log`` when ``server`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
     """``mlflow models serve`` on 127.0.0.1 for ``model_uri``; yields a function that posts a request."""
@@ -412,17 +450,7 @@ def scoring_server(tracking_uri: str, model_uri: str, folder: Path):
         env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=folder,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("scoring server did not start:\n" + log.read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, log, "scoring server", seconds=120)
 
         def post(request: dict, refused: bool = False) -> list | tuple[int, str]:
             """The predictions; with ``refused``, the request must fail: (HTTP status, body)."""

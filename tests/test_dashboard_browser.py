@@ -6,19 +6,18 @@ first two; requirements-dev.txt the third); skipped with the reason when any is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from powerpipe.core import paths
 
-from .conftest import free_port
+from .conftest import free_port, wait_until_answering
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -36,31 +35,21 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1400,1800"]
 
 
-@pytest.fixture
-def dashboard_url(smoke_run, tmp_path):
-    """``python dashboard/app.py`` on a free loopback port, ready once its home page answers."""
+@contextlib.contextmanager
+def serve_dashboard(tracking_uri: str, folder):
+    """``python dashboard/app.py`` on a free loopback port for ``tracking_uri``, ready once its home page answers."""
     port = free_port()
-    log_path = tmp_path / "dashboard.log"
+    log_path = folder / "dashboard.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     with open(log_path, "w") as log_file:
         server = subprocess.Popen(
             [sys.executable, str(paths.PROJECT_ROOT / "dashboard" / "app.py"), "--tracking-uri",
-             smoke_run["tracking_uri"], "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+             tracking_uri, "--port", str(port)],
+            cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("dashboard did not start:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until_answering(url + "/", server, log_path, "dashboard")
         yield url
     finally:
         server.terminate()
@@ -68,6 +57,13 @@ def dashboard_url(smoke_run, tmp_path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def dashboard_url(smoke_run, tmp_path):
+    """The dashboard as the README starts it, on the smoke pipeline's store."""
+    with serve_dashboard(smoke_run["tracking_uri"], tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -177,3 +173,53 @@ def test_runs_page_links_open_report_and_notebooks(smoke_run, dashboard_url, bro
     # The executed training notebook: its code and the metrics it recorded are in the page.
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook"))
     assert "record_metrics" in browser.find_element(By.CSS_SELECTOR, ".jp-Notebook").text
+
+
+def test_a_watched_model_shows_its_alert_first_then_its_live_error_and_the_alias_history(smoke_run, tmp_path, browser):
+    """The weekly loop as a reader of the dashboard sees it: the production model scored on three weeks it
+    never learnt (monitoring, as the next weekly run does it), an alert in red above the card, the evergreen
+    panel with its weekly figure and table, and the history of @production."""
+    import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from powerpipe.core import tags
+    from powerpipe.forecast import data
+    from powerpipe.spec.monitor import MonitorSpec
+    from powerpipe.tracking.monitoring import monitor
+
+    from .dashboard_fixtures import copy_store
+
+    uri = copy_store(smoke_run["tracking_uri"], tmp_path / "store" / "mlflow.db")
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("BestModel", "production")
+    client.set_model_version_tag("BestModel", version.version, tags.TRAINED_UNTIL, "2016-12-10T23:00:00+00:00")
+    frame = data.load_processed(smoke_run["run_dir"] / "data" / paths.PROCESSED_DATA_NAME)
+    parent = client.create_run(client.get_experiment_by_name("predicting_wind_solar_smoke").experiment_id).info
+    monitoring, alerts = monitor(client, "BestModel", "production", frame, experiment_id=parent.experiment_id,
+                                 parent_run_id=parent.run_id, pipeline_run_id="next-week",
+                                 thresholds=MonitorSpec(max_rmse_vs_holdout=0.01), context={"as_of": "2017-01-01"})
+    assert monitoring["status"] == "ok" and len(alerts) == 1 and len(monitoring["weeks"]) == 4
+
+    wait = WebDriverWait(browser, 60)
+    with serve_dashboard(uri, tmp_path) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: d.find_elements(By.ID, "evergreen-figure"))
+        page = browser.find_element(By.TAG_NAME, "body").text
+        alert = browser.find_element(By.ID, "monitoring-alerts")
+        assert "MONITORING ALERT" in alert.text and alerts[0][:40] in alert.text
+        # the alert stands above the card's evergreen panel
+        assert alert.location["y"] < browser.find_element(By.ID, "evergreen").location["y"]
+        evergreen = browser.find_element(By.ID, "evergreen").text
+        assert f"BestModel version {version.version}" in evergreen and "hours it never learnt" in evergreen
+        assert "p10–p90 interval" in evergreen  # the smoke model answers quantiles: their live coverage
+        rows = browser.find_elements(By.CSS_SELECTOR, "#evergreen-weeks tbody tr")
+        assert [row.text.split()[0] for row in rows] == [week["week"] for week in monitoring["weeks"]]
+        traces = browser.execute_script(
+            "const plot = document.querySelector('#evergreen-figure .js-plotly-plot');"
+            "return plot ? plot.data.map(t => t.name) : [];")
+        assert traces[:3] == [f"version {version.version}", "persistence", "climatology"]
+        history = browser.find_element(By.ID, "alias-history").text
+        assert "History of @production" in history and "promotion" in history.lower()
+        assert "Traceback" not in page
+        browser.save_screenshot(str(tmp_path / "watched_model.png"))

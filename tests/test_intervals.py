@@ -85,20 +85,24 @@ def test_quantiles_never_cross_nor_fall_below_zero():
 
 
 def test_calibration_reads_training_hours_only_and_shifts_an_aged_models_bias():
-    """One extra fit on the training hours before their last year; the window is the last year."""
+    """One extra fit per window: on the training hours before their last year, predicting it, and on the
+    hours before the year before it, predicting that one."""
     frame = data.synthetic_frame("2013-01-01", "2015-12-31 23:00")
     X_train, y_train = evaluation.holdout(frame, {"test_start": "2015-12-31"})[0::2]
-    seen = {}
+    seen = []
 
     def fit_predict(X_fit, y_fit, X_window):
-        seen["fit"], seen["window"] = X_fit.index, X_window.index
+        seen.append((X_fit.index, X_window.index))
         return y_train.loc[X_window.index].to_numpy() - 1.0  # an older model: 1 GW too low everywhere
 
     calibration = intervals.calibrate(fit_predict, X_train, y_train, {"quantiles": [0.1, 0.5, 0.9]},
                                       fitted=lambda X: y_train.loc[X.index].to_numpy())  # the deployed: unbiased
-    assert seen["fit"].max() < seen["window"].min() and seen["window"].max() <= X_train.index.max()
-    assert seen["window"].min() == pd.Timestamp("2014-12-30 23:00", tz="UTC")  # 365 days before the last hour
-    assert calibration.window[0] == "2014-12-30 23:00"
+    (last_fit, last), (earlier_fit, earlier) = seen  # newest window first
+    assert last_fit.max() < last.min() and last.max() <= X_train.index.max()
+    assert last.min() == pd.Timestamp("2014-12-30 23:00", tz="UTC")  # 365 days before the last hour
+    assert earlier_fit.max() < earlier.min() and earlier.max() < last.min()  # the year before, fitted before it
+    assert earlier.min() == pd.Timestamp("2013-12-31 11:00", tz="UTC")  # the later half of the hours before it
+    assert calibration.window == ("2013-12-31 11:00", "2015-12-30 23:00")
     # every residual was +1 GW (the aged model's bias, 2-3 % of capacity), the deployed model's none: the
     # residuals' median (as a share of capacity) goes to 0
     centred = calibration.targets["wind_GW"].residuals

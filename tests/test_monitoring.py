@@ -211,6 +211,32 @@ def test_weeks_and_hours_without_a_day_before():
     assert empty.hours == 0 and empty.overall == {}
 
 
+def test_a_model_with_intervals_is_scored_on_their_coverage_of_the_new_hours():
+    """p10-p90 coverage on the new hours, overall and per week, by hand: solar over daylight, wind every hour."""
+    from powerpipe.forecast import scores
+
+    frame = tiny_frame(10)
+    until = pd.Timestamp("2016-06-02 23:00", tz="UTC")
+    rng = np.random.default_rng(0)
+    predicted = frame[data.TARGETS] + rng.normal(0, 1, (len(frame), 2))
+    for target in data.TARGETS:  # a band 2 GW wide around the recorded value, shifted out of it every 4th hour
+        shift = np.where(np.arange(len(frame)) % 4 == 0, 5.0, 0.0)
+        predicted[f"{target}_p10"] = frame[target] - 1 + shift
+        predicted[f"{target}_p90"] = frame[target] + 1 + shift
+    scored = baselines.live_scores(frame, predicted, until)
+    new = frame[frame.index > until]
+    position = np.arange(len(frame))[frame.index > until]
+    daylight = scores.scored_hours("solar_GW", new.index)
+    assert scored.overall["model"]["wind_coverage_80"] == pytest.approx(np.mean(position % 4 != 0))
+    assert scored.overall["model"]["solar_coverage_80"] == pytest.approx(np.mean(position[daylight] % 4 != 0))
+    assert 0 < daylight.sum() < len(new)  # nights are left out of solar's coverage
+    first_week = new.index < pd.Timestamp("2016-06-06", tz="UTC")
+    assert scored.weekly["model_wind_coverage_80"].iloc[0] == pytest.approx(np.mean(position[first_week] % 4 != 0))
+    assert "persistence_wind_coverage_80" not in scored.weekly  # the baselines answer no interval
+    points_only = baselines.live_scores(frame, predicted[data.TARGETS], until)
+    assert "wind_coverage_80" not in points_only.overall["model"]
+
+
 # -- monitoring in a store --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def logged_model(tmp_path_factory, empty_store) -> dict:
@@ -366,6 +392,15 @@ def test_report_texts_table_and_figure():
     assert "WatchedModel version 3" in text and "168 hours it never learnt" in text
     assert "persistence (the same hour a day earlier)" in text and "climatology" in text
     assert "holdout (what it was promoted with): RMSE 1 GW" in text
+    assert "p10–p90" not in text  # a model without intervals
+    with_intervals = watched_example()
+    with_intervals["monitoring"]["live"] |= {"solar_coverage_80": 0.74, "wind_coverage_80": 0.81}
+    with_intervals["monitoring"]["holdout"] |= {"solar_coverage_80": 0.79, "wind_coverage_80": 0.8}
+    for week in with_intervals["monitoring"]["weeks"]:
+        week |= {"solar_coverage_80": 0.7, "wind_coverage_80": 0.9}
+    assert ("covered **74 %** of the solar daylight hours and **81 %** of the wind hours; on the holdout "
+            "solar 79 %, wind 80 %") in watching.summary_markdown(with_intervals)
+    assert list(watching.weeks_table(with_intervals)["wind p10–p90 coverage"]) == [0.9, 0.9]
     assert watching.as_of_sentence(watched).startswith("**As of 2016-06-11**")
     assert "&lt;b&gt;" in watching.alerts_html(watched["alerts"]) and watching.alerts_html([]) == ""
     table = watching.weeks_table(watched)

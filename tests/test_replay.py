@@ -215,6 +215,10 @@ def test_replay_runs_each_week_as_of_its_monday_and_resumes_after_a_stop(replaye
         assert summary["data_period"]["end"] < day
         assert runs[day].info.status == "FINISHED" and runs[day].info.run_id == row["mlflow_parent_run_id"]
         assert (summary["report"] is not None) == (day == "2016-01-25")  # --report-every 3: the third week only
+        trained = [folder / row["pipeline_run_id"] / p["output_notebook"] for p in summary["grid_points"]
+                   if p["stage"] == "train" and p["status"] == "ok"]
+        assert trained and all(path.is_file() for path in trained)  # each executed notebook kept, and as HTML
+        assert all(path.with_suffix(".html").is_file() == (day == "2016-01-25") for path in trained)  # only then
     experiment = client.get_experiment_by_name("replay")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")  # soak: nothing left
     weeks = sorted(state["weeks"].values(), key=lambda r: r["index"])

@@ -477,3 +477,36 @@ def test_search_on_dask_with_an_mlflow_server(project, mlflow_server):
 
 
 from .test_dask import mlflow_server  # noqa: E402,F401 - the module's fixture: an `mlflow server` on loopback
+
+
+def test_a_storage_another_process_is_creating_is_opened_again(tmp_path, monkeypatch):
+    """Two processes creating one new study storage at once: the second fails to stamp its schema version
+    (seen as "UNIQUE constraint failed: alembic_version.version_num" when a poller opened it mid-creation);
+    it opens the storage again instead of failing the search."""
+    import optuna
+    import sqlalchemy.exc
+
+    from powerpipe.tracking import trials
+
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    optuna.storages.RDBStorage(url)  # the other process got there first
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(*args, **kwargs)
+
+    def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(trials, "_storages", {})
+    storage = trials.open_storage(url)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", real)
+    assert calls == [url, url] and isinstance(storage, real) and optuna.get_all_study_names(storage) == []
+    monkeypatch.setattr(trials, "_storages", {})
+    monkeypatch.setattr(optuna.storages, "RDBStorage", locked)
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # one that never opens still says why, after its attempts
+        trials.open_storage(url, attempts=2)

@@ -119,3 +119,33 @@ def test_rest_answers_every_text_form_and_refuses_anything_else(logged):
                                                      "data": [[bad, 2, 20, 100, 100]]}}, refused=True)
             assert status == 400, body
             assert "utc_timestamp" in body and "ISO 8601" in body
+
+
+@pytest.mark.slow
+def test_monitoring_scores_the_production_models_interval_coverage_on_new_hours(logged, frame):
+    """The weekly loop watches the intervals too: coverage of p10-p90 on the hours after trained_until, as
+    the served model answers them, overall and per week."""
+    import mlflow
+
+    from powerpipe.core import tags
+    from powerpipe.forecast import scores
+    from powerpipe.tracking.monitoring import monitor
+
+    client = mlflow.MlflowClient(logged["uri"])
+    until = pd.Timestamp("2016-02-29 23:00", tz="UTC")  # the fixture's model learnt every hour before March
+    client.set_model_version_tag("BestModel", "1", tags.TRAINED_UNTIL, until.isoformat())
+    experiment_id = client.get_experiment_by_name("serving_test").experiment_id
+    parent = client.create_run(experiment_id).info.run_id
+    watched = frame[frame.index < "2016-03-15"]
+    monitoring, _ = monitor(client, "BestModel", "production", watched, experiment_id=experiment_id,
+                            parent_run_id=parent, pipeline_run_id="p1")
+    assert monitoring["status"] == "ok", monitoring["message"]
+    new = watched[watched.index > until]
+    answer = quantile_model.forecast_frame(mlflow.pyfunc.load_model("models:/BestModel/1"), watched)
+    expected = scores.coverage_of(new, answer.loc[new.index])  # the new hours, their weather leads and lags known
+    assert monitoring["live"]["solar_coverage_80"] == pytest.approx(expected["solar_coverage_80"])
+    assert monitoring["live"]["wind_coverage_80"] == pytest.approx(expected["wind_coverage_80"])
+    assert 0.3 < expected["wind_coverage_80"] <= 1.0
+    assert all("wind_coverage_80" in week for week in monitoring["weeks"])
+    logged_metrics = client.get_run(monitoring["mlflow_run_id"]).data.metrics
+    assert logged_metrics["model_wind_coverage_80"] == pytest.approx(expected["wind_coverage_80"])

@@ -64,7 +64,7 @@ def test_other_bad_numbers_are_refused(project, flag, capsys):
 
 # == 1. signals (fast: in-process) ======================================================================
 
-def test_sighup_in_the_main_thread_becomes_terminated():
+def test_sighup_in_the_main_thread_becomes_terminated(hangup_not_ignored):
     before = signal.getsignal(signal.SIGHUP)
     with pytest.raises(Terminated) as caught:
         with cli.stop_signals_as_interrupts():
@@ -87,7 +87,7 @@ def test_signal_ignored_by_nohup_stays_ignored():
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_cli_exits_128_plus_signal_and_names_it(project, monkeypatch, capsys, signum, code):
+def test_cli_exits_128_plus_signal_and_names_it(project, monkeypatch, capsys, signum, code, hangup_not_ignored):
     def run(args):
         os.kill(os.getpid(), signum)
         time.sleep(5)

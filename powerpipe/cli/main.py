@@ -638,6 +638,8 @@ def run_pipeline_command(args) -> int:
 
     def on_step(result) -> None:
         if bar is not None:
+            if bar.n >= bar.total:  # a step decided during the run (the champion's retraining, the refit)
+                bar.total = bar.n + 1
             bar.set_postfix_str(f"{result.notebook} {result.status}")
             bar.update(1)
         elif display == "lines":

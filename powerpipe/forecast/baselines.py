@@ -9,7 +9,8 @@ Two baselines any forecast must beat (as the Solar Forecast Arbiter scores forec
 ``skill = 1 - RMSE / RMSE_ref`` (1: perfect, 0: no better than the reference, below 0: worse).
 ``live_scores`` scores a model's predictions and both baselines on the same hours (those after
 ``trained_until``), over all of them and week by week. Pure, vectorised functions on frames indexed
-by UTC time; nothing here knows about MLflow.
+by UTC time; nothing here knows about MLflow. A model that answers quantiles is also scored on the
+coverage of its p10–p90 interval (``solar_coverage_80``, ``wind_coverage_80``; solar over daylight).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BASELINES = ("persistence", "climatology")
 PERSISTENCE_LAG = pd.Timedelta(hours=24)
 METRICS = ("rmse", "mae", "bias", "r2")  # bias: mean of predicted - recorded (positive: too high)
 PREFIXES = {target: target.removesuffix("_GW") for target in TARGETS}
+COVERAGE_LEVELS = (0.1, 0.9)  # a model with intervals: coverage of its p10-p90 on the new hours too
 
 
 def _unique(frame: pd.DataFrame) -> pd.DataFrame:
@@ -147,17 +149,40 @@ def live_scores(frame: pd.DataFrame, predicted: pd.DataFrame, trained_until: pd.
     if new.empty:
         return LiveScores(0, None, None, {}, pd.DataFrame(columns=["week", "hours"]), dropped)
     recorded = new[TARGETS].to_numpy()
+    quantiles = _quantiles(predicted, new.index)
     overall = _scored(recorded, {name: values.to_numpy() for name, values in forecasts.items()})
+    if quantiles is not None:
+        overall["model"].update(_coverage(new, quantiles))
     naive = new.index.tz_convert("UTC").tz_localize(None)
     rows = []
     for period, positions in pd.Series(np.arange(len(new)), index=naive).groupby(naive.to_period(freq)).indices.items():
         scored = _scored(recorded[positions], {name: values.to_numpy()[positions] for name, values in forecasts.items()})
+        if quantiles is not None:
+            scored["model"].update(_coverage(new.iloc[positions], quantiles.iloc[positions]))
         row = {"week": period.start_time.tz_localize("UTC"), "hours": len(positions)}
         for name, metrics in scored.items():
             row.update({f"{name}_{key}": value for key, value in metrics.items()})
         rows.append(row)
     weekly = pd.DataFrame(rows).sort_values("week", kind="stable").reset_index(drop=True)
     return LiveScores(len(new), new.index.min(), new.index.max(), overall, weekly, dropped)
+
+
+def _quantiles(predicted: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame | None:
+    """The p10 and p90 columns of ``predicted`` at ``times`` (None: the model answers no intervals)."""
+    from powerpipe.forecast.intervals import quantile_column
+
+    columns = [quantile_column(target, level) for target in TARGETS for level in COVERAGE_LEVELS]
+    if not all(column in predicted.columns for column in columns):
+        return None
+    if len(predicted) == len(times) and predicted.index.equals(times):
+        return predicted[columns]
+    return _unique(predicted[columns]).reindex(times)
+
+
+def _coverage(recorded: pd.DataFrame, quantiles: pd.DataFrame) -> dict[str, float]:
+    from powerpipe.forecast.scores import coverage_of
+
+    return coverage_of(recorded, quantiles, *COVERAGE_LEVELS)
 
 
 def _aligned(predicted: pd.DataFrame, times: pd.DatetimeIndex) -> pd.DataFrame:

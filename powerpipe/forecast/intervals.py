@@ -5,15 +5,19 @@ the pipeline file's ``evaluation.quantiles``) come from how wrong a model of the
 sample, on hours it had not seen: **calibrated empirical residual quantiles**, measured and chosen on the
 real data (``docs/forecasting.md``, "Intervals"):
 
-1. **Residuals out of sample, one extra fit.** ``calibrate`` refits the model once on the training hours
-   before its last year (``calibration_window``) and predicts that year. Only training hours are used:
-   the intervals scored on the holdout never saw a holdout hour.
+1. **Residuals out of sample, two extra fits, a year ahead.** ``calibrate`` refits the model on the
+   training hours before their last year and predicts that year, and again on the hours before the year
+   before it and predicts that one (``calibration_windows``; ``CALIBRATION_WINDOWS``): each calibration
+   model forecasts a year ahead, as the deployed model does. A model's errors in one year carry that
+   year's own bias (the fleet grew 14 % in 2015; the weather of one winter) and one year holds one winter
+   only: two years of residuals hold two of each, not one taken as the rule. Only training hours are
+   used: the intervals scored on the holdout never saw a holdout hour.
 2. **As a share of installed capacity, centred on the deployed model.** Residuals are divided by the
    installed capacity of their hour (``capacity.table_capacity``), so a year with a larger fleet scales
-   them. The calibration model is a year older than the deployed one and, in years of fast growth (wind
-   +14 % in 2015), under-predicts by the growth it has not seen: its residuals are shifted so that their
-   median is the deployed model's own on the same hours (in sample), so a bias of the model (an
-   underfit) stays and one of its age goes.
+   them. A calibration model is older than the deployed one and, in years of fast growth (wind +14 % in
+   2015), under-predicts by the growth it has not seen: each window's residuals are shifted so that their
+   median is the deployed model's own on the last year (in sample), so a bias of the model (an underfit,
+   as it stands at the end of its training hours) stays and one of a calibration model's age goes.
 3. **Conditioned on the forecast** (Mondrian bins): the predicted share of capacity in ``LEVEL_BINS``
    bins (quantiles of the calibration forecasts, plus a bin of its own for a forecast of zero), crossed
    with the half-year (April-September, October-March). Errors grow with the output, and winter errors
@@ -52,7 +56,8 @@ DENSE_LEVELS = tuple(round(i / 100, 2) for i in range(1, 100))
 LEVEL_BINS = 5  # bins of the predicted share of capacity (besides the bin of zero forecasts)
 SUMMER_MONTHS = (4, 5, 6, 7, 8, 9)
 MIN_BIN = 30  # residuals a bin needs to stand alone; fewer: it uses all the calibration residuals
-CALIBRATION_DAYS = 365  # the calibration window: the last year of the training hours
+CALIBRATION_DAYS = 365  # a calibration window: a year of the training hours
+CALIBRATION_WINDOWS = 2  # calibration windows (the last year, the year before it), one extra fit each
 GRID = np.linspace(0.0, 1.0, 1001)  # the recalibration map is kept on this grid of levels
 ZERO_FORECAST = 1e-9  # a predicted share of capacity at or below this is "zero" (its own bin)
 
@@ -323,7 +328,7 @@ def _utc(times) -> pd.DatetimeIndex:
     return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
 
 
-# -- the one extra fit ---------------------------------------------------------------------------------
+# -- the extra fits ------------------------------------------------------------------------------------
 
 def calibration_window(times: pd.DatetimeIndex) -> pd.Timestamp:
     """The first hour of the calibration window: ``CALIBRATION_DAYS`` before the end of the training
@@ -334,41 +339,64 @@ def calibration_window(times: pd.DatetimeIndex) -> pd.Timestamp:
     return (last - length).ceil("h")
 
 
+def calibration_windows(times: pd.DatetimeIndex, count: int = CALIBRATION_WINDOWS) -> list[pd.Timestamp]:
+    """The first hours of the calibration windows, newest first: ``calibration_window`` of the training
+    hours, then of the hours before that window, and so on, up to ``count``. A window ends where the next
+    newer one starts (the newest: with the training hours); an earlier window is used only when the hours
+    before the newer one span at least ``CALIBRATION_DAYS`` (so its model has at least half a year to learn
+    from, and usually a whole one)."""
+    times = _utc(times)
+    starts = [calibration_window(times)]
+    while len(starts) < count:
+        earlier = times[times < starts[-1]]
+        if len(earlier) < 4 or earlier.max() - earlier.min() < pd.Timedelta(days=CALIBRATION_DAYS):
+            break
+        starts.append(calibration_window(earlier))
+    return starts
+
+
 def calibrate(fit_predict: FitPredict, X_train: pd.DataFrame, y_train: pd.DataFrame,
               evaluation: Any = None, fitted: Callable[[pd.DataFrame], Any] | None = None) -> Calibration:
-    """A ``Calibration`` from one extra fit: ``fit_predict`` on the training hours before the calibration
-    window, predicting the window (its hours' forecasts are out of sample; no hour after the training
-    hours is read). ``evaluation``: where the levels come from (``levels_of``).
+    """A ``Calibration`` from one extra fit per calibration window (``calibration_windows``: the last year of
+    the training hours and the year before it): ``fit_predict`` on the training hours before a window,
+    predicting the window (its hours' forecasts are out of sample, up to a year ahead; no hour after the
+    training hours is read). ``evaluation``: where the levels come from (``levels_of``).
 
-    ``fitted``: the deployed model's predict (fitted on every training hour). The calibration model is a
-    year older and, when the fleet grew that year, biased by the growth it did not see; its residuals
-    are shifted so that their median (as a share of capacity, over hours with output) is the deployed
-    model's own on the same hours, in sample: a bias that is the model's (an underfit) stays, one that
-    is the calibration model's age goes. Without ``fitted``: shifted to a median of zero.
+    ``fitted``: the deployed model's predict (fitted on every training hour). A calibration model is older
+    and, when the fleet grew, biased by the growth it did not see; each window's residuals are shifted so
+    that their median (as a share of capacity, over hours with output) is the deployed model's own on the
+    last window's hours, in sample: a bias that is the model's (an underfit, as it stands at the end of its
+    training hours, which it carries into the next year) stays, one that is a calibration model's age goes.
+    Without ``fitted``: shifted to a median of zero.
     """
     from powerpipe.forecast.capacity import table_capacity
     from powerpipe.forecast.features import timestamps
 
     times = timestamps(X_train)
-    start = calibration_window(times)
-    before = np.asarray(times < start)
-    if before.sum() < 2 or (~before).sum() < 2:
-        raise ValueError(f"too few training hours ({len(times)}) to calibrate intervals")
-    window = times[~before]
-    predicted = _targets(fit_predict(X_train[before], y_train[before], X_train[~before]), window)
-    recorded = _targets(y_train[~before][TARGETS].to_numpy(), window)
-    deployed = _targets(fitted(X_train[~before]), window) if fitted is not None else None
-    capacity = table_capacity(window)
-    offset = pd.DataFrame(0.0, index=window, columns=TARGETS)
-    for target in TARGETS:
-        cap = capacity[target].to_numpy()
-        shift = _median_share(recorded[target], predicted[target], cap)
-        if deployed is not None:
-            shift -= _median_share(recorded[target], deployed[target], cap)
-        offset[target] = shift * cap
-    log.info("intervals calibrated on %d out-of-sample hours from %s (fitted on %d earlier hours); residuals "
-             "shifted by %s", len(window), start, int(before.sum()),
-             ", ".join(f"{t} {offset[t].mean():+.3f} GW" for t in TARGETS))
+    starts = calibration_windows(times)
+    parts, bias = [], None
+    for k, start in enumerate(starts):  # newest first
+        inside = np.asarray(times >= start) if k == 0 else np.asarray((times >= start) & (times < starts[k - 1]))
+        before = np.asarray(times < start)
+        if before.sum() < 2 or inside.sum() < 2:
+            raise ValueError(f"too few training hours ({len(times)}) to calibrate intervals")
+        window = times[inside]
+        predicted = _targets(fit_predict(X_train[before], y_train[before], X_train[inside]), window)
+        recorded = _targets(y_train[inside][TARGETS].to_numpy(), window)
+        capacity = table_capacity(window)
+        if bias is None:  # the newest window: the deployed model's own bias there, kept in every window
+            deployed = _targets(fitted(X_train[inside]), window) if fitted is not None else None
+            bias = {t: _median_share(recorded[t], deployed[t], capacity[t].to_numpy()) if deployed is not None
+                    else 0.0 for t in TARGETS}
+        offset = pd.DataFrame({t: (_median_share(recorded[t], predicted[t], capacity[t].to_numpy()) - bias[t])
+                               * capacity[t].to_numpy() for t in TARGETS}, index=window)
+        parts.append((window, predicted, recorded, offset))
+        log.info("intervals: %d out-of-sample hours from %s (fitted on %d earlier hours); residuals shifted by %s",
+                 int(inside.sum()), start, int(before.sum()),
+                 ", ".join(f"{t} {offset[t].mean():+.3f} GW" for t in TARGETS))
+    parts.reverse()  # oldest first: the calibration hours in time order
+    window = pd.DatetimeIndex(np.concatenate([part[0] for part in parts]))
+    predicted, recorded, offset = (pd.concat([part[i] for part in parts]).to_numpy() for i in (1, 2, 3))
     return Calibration.fit(window, predicted, recorded, levels_of(evaluation), offset=offset)
 
 

@@ -40,6 +40,10 @@ def _fmt(value, digits: str = ".3g") -> str:
     return "–" if value is None else format(value, digits)
 
 
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
 def summary_markdown(watched: dict[str, Any]) -> str:
     """A few sentences: which model, which hours, its live error next to its holdout error, its skill."""
     monitoring = watched.get("monitoring") or {}
@@ -60,6 +64,12 @@ def summary_markdown(watched: dict[str, Any]) -> str:
         ratio = monitoring.get("rmse_vs_holdout")
         lines.append(f"- holdout (what it was promoted with): RMSE {_fmt(holdout.get('rmse'))} GW, R² "
                      f"{_fmt(holdout.get('r2'), '.3f')}" + (f"; live RMSE is {ratio:.2f} times that" if ratio else ""))
+    if live.get("solar_coverage_80") is not None or live.get("wind_coverage_80") is not None:
+        promised = [f"{target} {_percent(holdout.get(f'{target}_coverage_80'))}" for target in ("solar", "wind")
+                    if holdout.get(f"{target}_coverage_80") is not None]
+        lines.append(f"- p10–p90 interval (80 % nominal): covered **{_percent(live.get('solar_coverage_80'))}** of "
+                     f"the solar daylight hours and **{_percent(live.get('wind_coverage_80'))}** of the wind hours"
+                     + (f"; on the holdout {', '.join(promised)}" if promised else ""))
     for name in ("persistence", "climatology"):
         scored = monitoring.get(name) or {}
         lines.append(f"- {BASELINE_TEXT[name]}: RMSE {_fmt(scored.get('rmse'))} GW; skill of the model against it "
@@ -77,7 +87,11 @@ def weeks_table(watched: dict[str, Any]) -> pd.DataFrame:
                "climatology_skill": "skill vs climatology"}
     if not weeks:
         return pd.DataFrame(columns=["week", *columns.values()]).set_index("week")
-    table = pd.DataFrame(weeks).set_index("week")[list(columns)].rename(columns=columns)
+    frame = pd.DataFrame(weeks)
+    for key, name in (("solar_coverage_80", "solar p10–p90 coverage"), ("wind_coverage_80", "wind p10–p90 coverage")):
+        if key in frame.columns:  # a model with intervals
+            columns[key] = name
+    table = frame.set_index("week")[list(columns)].rename(columns=columns)
     table.index.name = "week"
     return table
 

@@ -27,3 +27,4 @@ class RunOptions:
     search_storage: str | None = None  # database of the searches' studies (default: beside a SQLite store)
     as_of: str | None = None  # --as-of: the run sees only the hours before this time (UTC)
     fail_on_alert: bool = False  # --fail-on-alert: a monitoring alert makes the command exit 3
+    render_notebooks: bool = True  # each executed notebook also as HTML (a replay's weeks without reports: no)

@@ -136,6 +136,7 @@ class Pipeline:
         return SearchRunner(self, step).run()
 
     def run_step(self, step: Step, **options) -> StepResult:
+        options.setdefault("render", getattr(self.options, "render_notebooks", True))
         return self.runner.run(step, self.runtime, self.data_sha256, (Path(self.runtime.data_path), self.data_sha256),
                                **options)
 

@@ -228,7 +228,8 @@ def run_refit(pipeline, winner: StepResult) -> StepResult:
     runtime = dataclasses.replace(pipeline.runtime, evaluation=dict(REFIT_EVALUATION, **(
         {"quantiles": levels} if levels else {})))
     log.info("refitting %s (run %s) on every hour of the data", winner.label, winner.mlflow_run_id)
-    return pipeline.runner.run(step, runtime, pipeline.data_sha256, (Path(runtime.data_path), pipeline.data_sha256))
+    return pipeline.runner.run(step, runtime, pipeline.data_sha256, (Path(runtime.data_path), pipeline.data_sha256),
+                               render=getattr(pipeline.options, "render_notebooks", True))
 
 
 def data_end(data_path: Path) -> str:

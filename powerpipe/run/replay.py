@@ -205,8 +205,10 @@ def _run_week(options: RunOptions, executor: SharedExecutor, replay: str, day: s
 
     pipeline = prepare(options, on_step, executor=executor)
     try:
-        if not with_reports:  # the compare and report notebooks only every --report-every weeks
+        if not with_reports:  # the compare and report notebooks only every --report-every weeks, and the
+            # executed notebooks as HTML only then (each is kept as .ipynb; nbconvert costs about a second each)
             pipeline.steps = [step for step in pipeline.steps if step.stage not in WEEKLY_ONLY]
+            pipeline.options = dataclasses.replace(pipeline.options, render_notebooks=False)
         pipeline.recorder.tag_run(pipeline.recorder.parent_run_id, {tags.REPLAY: replay, tags.REPLAY_WEEK: day})
         log.info("replay %s: week as of %s -> %s", replay, day, pipeline.run_dir)
         summary = pipeline.run()

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 OK, NO_MODEL, NO_NEW_HOURS, UNKNOWN_END, FAILED = "ok", "no_model", "no_new_hours", "unknown_training_end", "failed"
 CONTEXT_HOURS = 24  # hours before the first new one that the model also sees (its weather lags need them)
 WEEKLY_KEYS = ("rmse", "mae", "bias", "r2", "solar_rmse", "solar_r2", "wind_rmse", "wind_r2")
+COVERAGE_KEYS = ("solar_coverage_80", "wind_coverage_80")  # a model with intervals only
 HOLDOUT_KEYS = ("rmse", "mae", "r2", "solar_rmse", "solar_r2", "wind_rmse", "wind_r2", "backtest_r2",
-                "backtest_rmse")
+                "backtest_rmse", *COVERAGE_KEYS)
 
 
 def empty_monitoring(status: str, message: str, **extra) -> dict[str, Any]:
@@ -141,7 +142,7 @@ def score_version(client, version, frame) -> dict[str, Any]:
     import pandas as pd
 
     from powerpipe.forecast.baselines import live_scores
-    from powerpipe.forecast.serving import predict_frame
+    from powerpipe.forecast.quantile_model import forecast_frame
     from powerpipe.tracking.promotion import load_version
 
     model = {"name": version.name, "version": str(version.version), "run_id": version.run_id,
@@ -159,7 +160,7 @@ def score_version(client, version, frame) -> dict[str, Any]:
                                               f"to {until:%Y-%m-%d %H:%M} UTC", **base)
     loaded = load_version(client, version.name, str(version.version))
     window = frame[frame.index > until - pd.Timedelta(hours=CONTEXT_HOURS)]
-    predicted = predict_frame(loaded, window)
+    predicted = forecast_frame(loaded, window)  # the points, and the quantiles of a model with intervals
     scored = live_scores(frame, predicted, until)
     if not scored.hours:
         return empty_monitoring(NO_NEW_HOURS, f"no new hour could be scored ({scored.dropped} without a recorded "
@@ -190,6 +191,7 @@ def score_version(client, version, frame) -> dict[str, Any]:
 def _week(row: dict) -> dict[str, Any]:
     week = {"week": f"{row['week']:%Y-%m-%d}", "hours": int(row["hours"])}
     week.update({key: _number(row[f"model_{key}"]) for key in WEEKLY_KEYS})
+    week.update({key: _number(row[f"model_{key}"]) for key in COVERAGE_KEYS if f"model_{key}" in row})
     for name in ("persistence", "climatology"):
         week[f"{name}_rmse"] = _number(row[f"{name}_rmse"])
         week[f"{name}_skill"] = _number(row[f"{name}_skill"])

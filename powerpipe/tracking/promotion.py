@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # What an absent model or alias is called by MLflow's stores (SQL: the first two; REST: the same codes).
 NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+# Kept with the version's scores so monitoring can set live coverage beside the holdout's.
+INTERVAL_COVERAGE = ("solar_coverage_80", "wind_coverage_80")
 MAX_ATTEMPTS = 3  # comparisons with an alias holder that another pipeline keeps moving
 
 
@@ -240,7 +242,8 @@ def promote(client, candidates: list[Candidate], spec: PromoteSpec, pipeline_run
         tags.FORCED: tags.flag(force),
         tags.EVALUATED_RUN: best.run_id,
         tags.SCORES: json.dumps({k: float(v) for k, v in sorted(best.metrics.items())
-                                 if k in METRICS and isinstance(v, (int, float)) and math.isfinite(v)}),
+                                 if (k in METRICS or k in INTERVAL_COVERAGE) and isinstance(v, (int, float))
+                                 and math.isfinite(v)}),
         **({tags.TRAINED_UNTIL: registration.trained_until} if registration.trained_until else {}),
     }
     for key, tag in version_tags.items():

@@ -18,8 +18,10 @@ module: editing the runner invalidates no cached run. Optuna is imported only in
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from typing import Any
 
 from powerpipe.core import tags
@@ -31,6 +33,8 @@ PRUNER_ENV = "POWERPIPE_SEARCH_PRUNER"  # JSON: {"name": "median", "n_startup_tr
 ENV_NAMES = (STORAGE_ENV, STUDY_ENV, TRIAL_ENV, PRUNER_ENV)
 PRUNED_SCRAP = "pruned"  # glued by a notebook its trial's pruner stopped
 
+log = logging.getLogger(__name__)
+
 _trial: dict[tuple, Any] = {}  # this kernel's current trial, by its identity
 _storages: dict[str, Any] = {}
 
@@ -41,20 +45,35 @@ def environment(storage_url: str, study_name: str, number: int, pruner: dict) ->
             PRUNER_ENV: json.dumps(pruner, sort_keys=True)}
 
 
-def open_storage(url: str):
+def open_storage(url: str, attempts: int = 5):
     """An Optuna RDB storage; a SQLite file waits for other writers (kernels report while the runner tells)."""
     if url not in _storages:
         import optuna
+        import sqlalchemy.exc
 
         if url.startswith("sqlite:///"):
             from pathlib import Path
 
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-            _write_ahead_log(storage.engine)
-            _storages[url] = storage
+            engine_kwargs = {"connect_args": {"timeout": 60}}
         else:
-            _storages[url] = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            engine_kwargs = {"pool_pre_ping": True}
+        for attempt in range(1, attempts + 1):
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+                # Two processes creating a new storage at once: both create its tables and stamp its schema
+                # version; the second one fails ("UNIQUE constraint failed: alembic_version", "table ...
+                # already exists"). The storage is there now: open it again.
+                if attempt == attempts:
+                    raise
+                log.info("search storage being created by another process (%s); opening it again",
+                         str(exc).splitlines()[0])
+                time.sleep(0.2 * attempt)
+        if url.startswith("sqlite:///"):
+            _write_ahead_log(storage.engine)
+        _storages[url] = storage
     return _storages[url]
 
 
