@@ -82,9 +82,41 @@ def test_second_run_is_cached_and_force_reruns(project):
     assert {p["mlflow_run_id"] for p in train} == {p["mlflow_run_id"] for p in first["grid_points"]}
     assert all(p["metrics"]["rmse"] > 0 for p in train)
     assert len(project.runs("FINISHED")) == 2
-    code, forced = project.run(config, "--force")
-    assert code == 0 and [p["status"] for p in forced["grid_points"]] == ["ok", "ok"]
+    # The last run found level 100 the slower point: this one starts it first (one kernel: strictly in turn).
+    last = project.outputs / second["pipeline_run_id"] / "summary.json"
+    timed = json.loads(last.read_text())
+    for point in timed["grid_points"]:
+        point["seconds"] = 50.0 if point["parameters"]["level"] == 100.0 else 1.0
+    last.write_text(json.dumps(timed))
+    code, forced = project.run(config, "--force", "--jobs", "1")
+    assert code == 0 and [p["status"] for p in forced["grid_points"]] == ["ok", "ok"]  # in declared order
+    started = {p["parameters"]["level"]: project.client().get_run(p["mlflow_run_id"]).info.start_time
+               for p in forced["grid_points"]}
+    assert started[100.0] < started[0.0]
     assert len(project.runs("FINISHED")) == 4
+
+
+def test_training_points_start_longest_first_as_the_last_run_timed_them(tmp_path):
+    from types import SimpleNamespace
+
+    from powerpipe.run.pipeline import longest_first
+    from powerpipe.run.session import last_durations
+
+    steps = [SimpleNamespace(label=name, is_search=name == "s") for name in ("a", "b", "c", "s", "d")]
+    assert longest_first(steps, {}) == [0, 1, 2, 3, 4]  # never timed: as declared
+    assert longest_first(steps, {"a": 3.0, "b": 9.0, "c": 3.0, "d": 1.0}) == [3, 1, 0, 2, 4]  # a search first
+    assert longest_first(steps, {"a": 3.0, "d": 9.0}) == [1, 2, 3, 4, 0]  # untimed ones first, then 9 s, 3 s
+    assert last_durations(tmp_path) == {}
+    for name, seconds in (("20261130-100000-000-aaaa", 5.0), ("20261130-110000-000-bbbb", 7.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"grid_points": [
+            {"output_notebook": "train/m/m__x_1.ipynb", "seconds": seconds},
+            {"output_notebook": None, "seconds": None}]}))
+    assert last_durations(tmp_path) == {"m__x_1": 7.0}  # the newest run's
+    assert last_durations(tmp_path, exclude="20261130-110000-000-bbbb") == {"m__x_1": 5.0}
+    (tmp_path / "20261130-120000-000-cccc").mkdir()
+    (tmp_path / "20261130-120000-000-cccc" / "summary.json").write_text("{not json")
+    assert last_durations(tmp_path) == {}  # unreadable: no order, never an error
 
 
 def test_promotion_gate(project):

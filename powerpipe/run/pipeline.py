@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 
 
+def longest_first(steps: list[Step], expected_seconds: dict[str, float]) -> list[int]:
+    """The order to start ``steps`` in: the longest first, as long as the last run took (a step never timed,
+    a search among them, first; ties in declared order). Two kernels then finish together instead of one
+    running the slowest notebook alone at the end (a replay's Keras point, started last, did)."""
+    unknown = float("inf")
+    return sorted(range(len(steps)), key=lambda i: (-(unknown if steps[i].is_search else
+                                                      expected_seconds.get(steps[i].label, unknown)), i))
+
+
 class Pipeline:
     """One execution of a pipeline config: its steps, stage by stage."""
 
@@ -47,6 +56,7 @@ class Pipeline:
         self.watch: dict | None = None  # as_of, data_period, monitoring, alerts: once the data is settled (``watch``)
         self.champion = None  # the alias holder's configuration in this run's grid (``refit.plan_champion``)
         self.on_change: Callable[[Pipeline], None] = lambda pipeline: None  # state to keep (stage-wise runs)
+        self.expected_seconds: dict[str, float] = {}  # per step label, from the last run (``longest_first``)
 
     run_id = property(lambda self: self.recorder.run_id)
     run_dir = property(lambda self: self.recorder.run_dir)
@@ -126,9 +136,14 @@ class Pipeline:
         """Every training grid point at once, each search beside them, trials sharing the executor (or
         those named by ``labels``). A search's results are its trials'."""
         steps = [step for step in self.of_stage("train") if labels is None or step.label in labels]
-        calls = [lambda step=step: self.run_search(step) if step.is_search else [self.run_step(step)] for step in steps]
-        results = self.in_parallel(calls + (champion_calls(self) if labels is None else []))  # production's config
-        return [result for each in results for result in each]
+        order = longest_first(steps, self.expected_seconds)
+        calls = [lambda step=steps[i]: self.run_search(step) if step.is_search else [self.run_step(step)]
+                 for i in order]
+        started = self.in_parallel(calls + (champion_calls(self) if labels is None else []))  # production's config
+        results = [None] * len(steps)
+        for position, i in enumerate(order):
+            results[i] = started[position]
+        return [result for each in results + started[len(steps):] for result in each]
 
     def run_search(self, step: Step) -> list[StepResult]:
         from powerpipe.search.study import SearchRunner

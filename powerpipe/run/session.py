@@ -6,6 +6,7 @@ the parent run, the executor and the ``Pipeline`` (``prepare``); ``run_pipeline`
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -110,7 +111,23 @@ def prepare(options, on_step=None, scheduled: bool = False, executor=None):
                         notebook_hashes(notebooks), cached_runs)
     pipeline = Pipeline(config, steps, source, recorder, runner, force_promote=options.force_promote, options=options)
     pipeline.lock = lock
+    pipeline.expected_seconds = last_durations(Path(options.outputs), exclude=run_id)
     return pipeline
+
+
+def last_durations(outputs: Path, exclude: str = "") -> dict[str, float]:
+    """Seconds per step label in the newest earlier run of the outputs folder (its summary.json): what
+    ``longest_first`` orders the training points by. Empty when there is none or it cannot be read."""
+    summaries = sorted((p for p in Path(outputs).glob("*/summary.json") if p.parent.name != exclude),
+                       key=lambda p: p.parent.name)
+    if not summaries:
+        return {}
+    try:
+        points = json.loads(summaries[-1].read_text()).get("grid_points") or []
+    except (OSError, ValueError):
+        return {}
+    return {Path(p["output_notebook"]).stem: float(p["seconds"]) for p in points
+            if p.get("output_notebook") and isinstance(p.get("seconds"), (int, float)) and p["seconds"] > 0}
 
 
 def executor_for(options, notebooks: list[Path], uri: str, run_dir: Path, source, jobs: int | None = None):
