@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -213,9 +214,8 @@ class FakeProject:
 def default_signal_dispositions() -> None:
     """In a child before it runs: Ctrl-C and hangup as a terminal gives them. A suite started by ``nohup`` or
     in the background of a script hands its children SIGHUP or SIGINT ignored, and the runner rightly keeps
-    an ignored signal ignored: the signal tests would test the launcher, not the runner."""
-    import signal
-
+    an ignored signal ignored: the signal tests would test the launcher, not the runner. (Runs in the forked
+    child: nothing here may import or take a lock.)"""
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
 
@@ -230,8 +230,6 @@ def runner_process(argv: list[str], **kwargs) -> subprocess.Popen:
 @pytest.fixture
 def hangup_not_ignored():
     """SIGHUP at its default for this test (see ``default_signal_dispositions``), as it was afterwards."""
-    import signal
-
     before = signal.getsignal(signal.SIGHUP)
     if before is signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)

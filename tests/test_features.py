@@ -163,5 +163,7 @@ def test_sun_positions_are_computed_once_per_hour_and_equal_to_a_fresh_computati
     monkeypatch.setattr(features, "_SUN_POSITIONS", {})
     assert np.array_equal(grown.to_numpy(), features.build(longer, "weather_calendar").to_numpy(), equal_nan=True)
     monkeypatch.setattr(features, "SUN_CACHE_HOURS", 24 * 20)  # past its bound the cache starts again, whole
-    features.build(longer, "weather_calendar")
-    assert np.array_equal(grown.to_numpy(), features.build(longer, "weather_calendar").to_numpy(), equal_nan=True)
+    computed.clear()
+    again = features.build(longer, "weather_calendar")
+    assert computed == [27 * 24] * (1 + len(features.BORDER_SITES))  # every hour computed anew, none lost
+    assert np.array_equal(grown.to_numpy(), again.to_numpy(), equal_nan=True)

@@ -348,6 +348,20 @@ def test_the_production_model_is_scored_on_the_hours_after_trained_until(store):
         tags.MONITORING_ARTIFACT, tags.MONITORING_HISTORY_ARTIFACT}
 
 
+def test_holdout_coverage_of_a_version_promoted_before_it_was_kept_comes_from_its_run(store):
+    from powerpipe.tracking.monitoring import holdout_scores
+
+    run_id = store.client.get_model_version(MODEL, store.register()).run_id
+    with unsynced_sqlite():
+        store.client.log_metric(run_id, "wind_coverage_80", 0.81)
+        store.client.log_metric(run_id, "solar_coverage_80", 0.78)
+        version = store.register(version_tags={tags.SCORES: json.dumps({"rmse": 2.0}),  # no coverage in it
+                                               tags.EVALUATED_RUN: run_id})
+    scores = holdout_scores(store.client, store.client.get_model_version(MODEL, version))
+    assert scores["rmse"] == 2.0  # the version's own scores first
+    assert scores["wind_coverage_80"] == 0.81 and scores["solar_coverage_80"] == 0.78
+
+
 def test_a_version_without_trained_until_falls_back_to_its_training_window(store):
     split = json.dumps({"split": "time", "test_start": "2016-06-08", "folds": 0})
     store.register(run_tags={tags.EVALUATION: split})

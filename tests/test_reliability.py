@@ -82,17 +82,8 @@ def test_second_run_is_cached_and_force_reruns(project):
     assert {p["mlflow_run_id"] for p in train} == {p["mlflow_run_id"] for p in first["grid_points"]}
     assert all(p["metrics"]["rmse"] > 0 for p in train)
     assert len(project.runs("FINISHED")) == 2
-    # The last run found level 100 the slower point: this one starts it first (one kernel: strictly in turn).
-    last = project.outputs / second["pipeline_run_id"] / "summary.json"
-    timed = json.loads(last.read_text())
-    for point in timed["grid_points"]:
-        point["seconds"] = 50.0 if point["parameters"]["level"] == 100.0 else 1.0
-    last.write_text(json.dumps(timed))
-    code, forced = project.run(config, "--force", "--jobs", "1")
-    assert code == 0 and [p["status"] for p in forced["grid_points"]] == ["ok", "ok"]  # in declared order
-    started = {p["parameters"]["level"]: project.client().get_run(p["mlflow_run_id"]).info.start_time
-               for p in forced["grid_points"]}
-    assert started[100.0] < started[0.0]
+    code, forced = project.run(config, "--force")
+    assert code == 0 and [p["status"] for p in forced["grid_points"]] == ["ok", "ok"]
     assert len(project.runs("FINISHED")) == 4
 
 
@@ -107,16 +98,33 @@ def test_training_points_start_longest_first_as_the_last_run_timed_them(tmp_path
     assert longest_first(steps, {"a": 3.0, "b": 9.0, "c": 3.0, "d": 1.0}) == [3, 1, 0, 2, 4]  # a search first
     assert longest_first(steps, {"a": 3.0, "d": 9.0}) == [1, 2, 3, 4, 0]  # untimed ones first, then 9 s, 3 s
     assert last_durations(tmp_path) == {}
-    for name, seconds in (("20261130-100000-000-aaaa", 5.0), ("20261130-110000-000-bbbb", 7.0)):
+    for name, seconds in (("20261130-100000-000-aaaa", {"a": 5.0, "b": 2.0}), ("20261130-110000-000-bbbb", {"a": 7.0}),
+                          ("20261130-120000-000-cccc", {"a": None, "b": None})):  # the newest: all from the cache
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps({"grid_points": [
-            {"output_notebook": "train/m/m__x_1.ipynb", "seconds": seconds},
-            {"output_notebook": None, "seconds": None}]}))
-    assert last_durations(tmp_path) == {"m__x_1": 7.0}  # the newest run's
-    assert last_durations(tmp_path, exclude="20261130-110000-000-bbbb") == {"m__x_1": 5.0}
-    (tmp_path / "20261130-120000-000-cccc").mkdir()
-    (tmp_path / "20261130-120000-000-cccc" / "summary.json").write_text("{not json")
-    assert last_durations(tmp_path) == {}  # unreadable: no order, never an error
+            {"output_notebook": f"train/m/{label}.ipynb", "seconds": value} for label, value in seconds.items()]
+            + [{"output_notebook": None, "seconds": None}]}))
+    assert last_durations(tmp_path) == {"a": 7.0, "b": 2.0}  # each label as its newest timed run took it
+    assert last_durations(tmp_path, exclude="20261130-110000-000-bbbb") == {"a": 5.0, "b": 2.0}
+    (tmp_path / "20261130-130000-000-dddd").mkdir()
+    (tmp_path / "20261130-130000-000-dddd" / "summary.json").write_text("{not json")
+    assert last_durations(tmp_path) == {"a": 7.0, "b": 2.0}  # an unreadable one is passed over, never an error
+
+
+def test_training_starts_the_longest_first_and_returns_results_in_declared_order():
+    from types import SimpleNamespace
+
+    from powerpipe.run.pipeline import Pipeline
+
+    submitted = []
+    pipeline = object.__new__(Pipeline)  # only what run_training reads
+    pipeline.steps = [SimpleNamespace(label=name, stage="train", is_search=False) for name in ("quick", "slow", "mid")]
+    pipeline.expected_seconds = {"quick": 1.0, "slow": 30.0, "mid": 5.0}
+    pipeline.config = SimpleNamespace(promote=None)  # no champion to train
+    pipeline.in_parallel = lambda calls: [call() for call in calls]  # one at a time, in the order given
+    pipeline.run_step = lambda step: submitted.append(step.label) or f"result of {step.label}"
+    assert pipeline.run_training() == ["result of quick", "result of slow", "result of mid"]
+    assert submitted == ["slow", "mid", "quick"]
 
 
 def test_promotion_gate(project):

@@ -219,6 +219,11 @@ def test_replay_runs_each_week_as_of_its_monday_and_resumes_after_a_stop(replaye
                    if p["stage"] == "train" and p["status"] == "ok"]
         assert trained and all(path.is_file() for path in trained)  # each executed notebook kept, and as HTML
         assert all(path.with_suffix(".html").is_file() == (day == "2016-01-25") for path in trained)  # only then
+        for point in summary["grid_points"]:  # the page each run links to (dashboard) was logged: HTML or .ipynb
+            if point["stage"] == "train" and point["status"] == "ok":
+                linked = client.get_run(point["mlflow_run_id"]).data.tags[tags.NOTEBOOK_HTML_ARTIFACT]
+                logged = [a.path for a in client.list_artifacts(point["mlflow_run_id"], tags.NOTEBOOK_ARTIFACT_DIR)]
+                assert linked in logged and linked.endswith(".html" if day == "2016-01-25" else ".ipynb")
     experiment = client.get_experiment_by_name("replay")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")  # soak: nothing left
     weeks = sorted(state["weeks"].values(), key=lambda r: r["index"])

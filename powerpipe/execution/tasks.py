@@ -146,10 +146,12 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     started = time.perf_counter()
     client = store_client(task.tracking_uri)
     output = Path(task.output_notebook)
-    html_artifact = tags.notebook_artifact(output.with_suffix(".html").name) if task.render else ""
     run_tags = {**task.tags, **tracking.runner_tags()}
-    if html_artifact:
-        run_tags[tags.NOTEBOOK_HTML_ARTIFACT] = html_artifact
+    if task.render:  # the page its run links to
+        run_tags[tags.NOTEBOOK_HTML_ARTIFACT] = tags.notebook_artifact(output.with_suffix(".html").name)
+    elif not task.report_html:  # none rendered (a replay's week without reports): the executed notebook itself,
+        # so that no link points at a file that was never logged (a report's run links to its report)
+        run_tags[tags.NOTEBOOK_HTML_ARTIFACT] = tags.notebook_artifact(output.name)
     if task.run_id:
         run_id = task.run_id
         for name, value in run_tags.items():

@@ -32,12 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def longest_first(steps: list[Step], expected_seconds: dict[str, float]) -> list[int]:
-    """The order to start ``steps`` in: the longest first, as long as the last run took (a step never timed,
-    a search among them, first; ties in declared order). Two kernels then finish together instead of one
-    running the slowest notebook alone at the end (a replay's Keras point, started last, did)."""
+    """The order to hand ``steps`` to the executor: the longest first, as long as recent runs took
+    (``session.last_durations``; a step never timed, or a search, first; ties in declared order). Two
+    kernels then finish together instead of one running the slowest notebook alone at the end (a replay's
+    Keras point, started last, did). Best effort: each is handed over by its own thread."""
     unknown = float("inf")
     return sorted(range(len(steps)), key=lambda i: (-(unknown if steps[i].is_search else
                                                       expected_seconds.get(steps[i].label, unknown)), i))
+
+
+def declared_order(order: list[int], started: list) -> list:
+    """Results of calls made in ``order`` (positions of the declared steps), put back in declared order; any
+    results after those (the champion's) stay at the end."""
+    results = [None] * len(order)
+    for position, index in enumerate(order):
+        results[index] = started[position]
+    return results + started[len(order):]
 
 
 class Pipeline:
@@ -136,18 +146,13 @@ class Pipeline:
         """Every training grid point at once, each search beside them, trials sharing the executor (or
         those named by ``labels``). A search's results are its trials'."""
         steps = [step for step in self.of_stage("train") if labels is None or step.label in labels]
-        order = longest_first(steps, self.expected_seconds)
-        calls = [lambda step=steps[i]: self.run_search(step) if step.is_search else [self.run_step(step)]
-                 for i in order]
+        order = longest_first(steps, self.expected_seconds)  # handed over longest first, results as declared
+        calls = [lambda s=steps[i]: self.run_search(s) if s.is_search else [self.run_step(s)] for i in order]
         started = self.in_parallel(calls + (champion_calls(self) if labels is None else []))  # production's config
-        results = [None] * len(steps)
-        for position, i in enumerate(order):
-            results[i] = started[position]
-        return [result for each in results + started[len(steps):] for result in each]
+        return [result for each in declared_order(order, started) for result in each]
 
     def run_search(self, step: Step) -> list[StepResult]:
         from powerpipe.search.study import SearchRunner
-
         return SearchRunner(self, step).run()
 
     def run_step(self, step: Step, **options) -> StepResult:

@@ -115,19 +115,25 @@ def prepare(options, on_step=None, scheduled: bool = False, executor=None):
     return pipeline
 
 
-def last_durations(outputs: Path, exclude: str = "") -> dict[str, float]:
-    """Seconds per step label in the newest earlier run of the outputs folder (its summary.json): what
-    ``longest_first`` orders the training points by. Empty when there is none or it cannot be read."""
+def last_durations(outputs: Path, exclude: str = "", runs: int = 5) -> dict[str, float]:
+    """Seconds per step label, each as the newest of the last ``runs`` runs of the outputs folder that ran it
+    (a point served from the cache has no time): what ``longest_first`` orders the training points by.
+    Empty when there is none; a summary.json that cannot be read is passed over."""
     summaries = sorted((p for p in Path(outputs).glob("*/summary.json") if p.parent.name != exclude),
-                       key=lambda p: p.parent.name)
-    if not summaries:
-        return {}
-    try:
-        points = json.loads(summaries[-1].read_text()).get("grid_points") or []
-    except (OSError, ValueError):
-        return {}
-    return {Path(p["output_notebook"]).stem: float(p["seconds"]) for p in points
-            if p.get("output_notebook") and isinstance(p.get("seconds"), (int, float)) and p["seconds"] > 0}
+                       key=lambda p: p.parent.name, reverse=True)[:runs]
+    durations: dict[str, float] = {}
+    for path in summaries:
+        try:
+            points = json.loads(path.read_text()).get("grid_points") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for point in points:
+            if not isinstance(point, dict):
+                continue
+            seconds = point.get("seconds")
+            if point.get("output_notebook") and isinstance(seconds, (int, float)) and seconds > 0:
+                durations.setdefault(Path(point["output_notebook"]).stem, float(seconds))
+    return durations
 
 
 def executor_for(options, notebooks: list[Path], uri: str, run_dir: Path, source, jobs: int | None = None):

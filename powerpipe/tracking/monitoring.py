@@ -85,10 +85,11 @@ def holdout_scores(client, version) -> dict[str, float]:
                       if isinstance(v, (int, float))}
         except (ValueError, AttributeError):
             scores = {}
-    if not scores:
+    if not scores or not all(key in scores for key in COVERAGE_KEYS):
+        # No scores tag, or one written before coverage was kept in it: the evaluated run's own metrics.
         run_id = version_tags.get(tags.EVALUATED_RUN) or version.run_id
         if run_id:
-            scores = dict(client.get_run(run_id).data.metrics)
+            scores = {**client.get_run(run_id).data.metrics, **scores}
     return {key: scores[key] for key in HOLDOUT_KEYS if key in scores and math.isfinite(scores[key])}
 
 

@@ -62,7 +62,8 @@ def open_storage(url: str, attempts: int = 5):
             try:
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
                 break
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                    optuna.exceptions.StorageInternalError) as exc:
                 # Two processes creating a new storage at once: both create its tables and stamp its schema
                 # version; the second one fails ("UNIQUE constraint failed: alembic_version", "table ...
                 # already exists"). The storage is there now: open it again.
