@@ -138,32 +138,3 @@ def test_holdout_features_equal_serving_features():
     pd.testing.assert_frame_equal(features.build(request, "weather_calendar"),
                                   features.build(X_test, "weather_calendar").reset_index(drop=True))
 
-
-def test_sun_positions_are_computed_once_per_hour_and_equal_to_a_fresh_computation(monkeypatch):
-    """A warm kernel reuses the sun positions of hours it has seen (the next fold, grid point or week) and
-    computes only new hours; the features are the same, to the bit, as from nothing."""
-    import pvlib
-
-    frame = data.synthetic_frame("2016-03-01", "2016-03-20 23:00")
-    monkeypatch.setattr(features, "_SUN_POSITIONS", {})
-    fresh = features.build(frame, "weather_calendar")
-    computed = []
-    original = pvlib.solarposition.get_solarposition
-
-    def counting(times, *args, **kwargs):
-        computed.append(len(times))
-        return original(times, *args, **kwargs)
-
-    monkeypatch.setattr(pvlib.solarposition, "get_solarposition", counting)
-    assert np.array_equal(features.build(frame, "weather_calendar").to_numpy(), fresh.to_numpy(), equal_nan=True)
-    assert computed == []  # every hour known
-    longer = data.synthetic_frame("2016-03-01", "2016-03-27 23:00")  # a week more
-    grown = features.build(longer, "weather_calendar")
-    assert computed == [7 * 24] * (1 + len(features.BORDER_SITES))  # only the new week, per site
-    monkeypatch.setattr(features, "_SUN_POSITIONS", {})
-    assert np.array_equal(grown.to_numpy(), features.build(longer, "weather_calendar").to_numpy(), equal_nan=True)
-    monkeypatch.setattr(features, "SUN_CACHE_HOURS", 24 * 20)  # past its bound the cache starts again, whole
-    computed.clear()
-    again = features.build(longer, "weather_calendar")
-    assert computed == [27 * 24] * (1 + len(features.BORDER_SITES))  # every hour computed anew, none lost
-    assert np.array_equal(grown.to_numpy(), again.to_numpy(), equal_nan=True)

@@ -149,3 +149,26 @@ def test_monitoring_scores_the_production_models_interval_coverage_on_new_hours(
     assert all("wind_coverage_80" in week for week in monitoring["weeks"])
     logged_metrics = client.get_run(monitoring["mlflow_run_id"]).data.metrics
     assert logged_metrics["model_wind_coverage_80"] == pytest.approx(expected["wind_coverage_80"])
+
+
+def test_loading_a_model_leaves_this_processs_own_code_in_place(logged):
+    """MLflow puts a model's copy of its ``code_paths`` first on sys.path and drops the package's modules:
+    without care every later powerpipe import (and every Dask worker spawned later) came from the model's
+    temporary folder, and the report's template was not found there."""
+    import sys
+
+    import mlflow
+
+    from powerpipe.core import paths
+    from powerpipe.forecast import serving
+    from powerpipe.tracking.promotion import load_version
+
+    path_before = list(sys.path)
+    model = load_version(mlflow.MlflowClient(logged["uri"]), "BestModel", "1")
+    assert sys.path == path_before
+    assert sys.modules["powerpipe.core.paths"] is paths and sys.modules["powerpipe.forecast.serving"] is serving
+    from powerpipe.core import paths as imported_again
+
+    assert imported_again.REPORT_TEMPLATES_DIR == paths.REPORT_TEMPLATES_DIR
+    assert (imported_again.REPORT_TEMPLATES_DIR / "offline_report.html.j2").is_file()
+    assert len(quantile_model.forecast_frame(model, logged["day"])) == len(logged["day"])  # and it still serves

@@ -21,6 +21,7 @@ from powerpipe.forecast import data as data_module
 from powerpipe.core import tags
 from powerpipe.tracking import store as tracking
 from powerpipe.forecast.evaluation import describe_tag
+from powerpipe.forecast.serving import load_pyfunc
 from powerpipe.core.exceptions import NoProductionModel, StoreUnreachableError, TrackingError
 
 from powerpipe.dashboard.artifacts import notebook_html_artifact
@@ -90,7 +91,7 @@ def load_serving_model(client, uri: str, name: str, alias: str, version: str) ->
     with tempfile.TemporaryDirectory(prefix="powerpipe-model-") as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_artifact_uri(client, model_version),
                                                     dst_path=folder, tracking_uri=uri)
-        model = mlflow.pyfunc.load_model(local)
+        model = load_pyfunc(local)  # this process's own powerpipe stays what it imports
     predictions = forecast_frame(model, frame)  # the point columns, and the quantiles of a model with intervals
     log.info("loaded %s version %s (run %s) and predicted %d hours of %s in %.1f s", name, version,
              run.info.run_id, len(frame), shown.path, time.perf_counter() - started)

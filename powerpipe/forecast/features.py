@@ -175,30 +175,15 @@ def _calendar(times: pd.DatetimeIndex) -> pd.DataFrame:
     })
 
 
-# Sun positions already computed in this process, per (site, method), indexed by hour. The sun's position
-# is a function of the time alone: a warm kernel computes each hour once, whether the hours come back in a
-# backtest fold, the next grid point or next week's run (a replay), and only new hours cost anything.
-_SUN_POSITIONS: dict[tuple, pd.DataFrame] = {}
-SUN_CACHE_HOURS = 400_000  # per site and method (about 45 years of hours); beyond it the cache starts again
-
-
 def _solar_position(times: pd.DatetimeIndex, site: Site, method: str = "nrel_numpy") -> pd.DataFrame:
     import pvlib
 
-    key = (site, method)
-    known = _SUN_POSITIONS.get(key)
     # Unique times only: a request may repeat an hour (the autumn clock change does).
     unique = times.unique()
-    missing = unique if known is None else unique[~unique.isin(known.index)]
-    if known is not None and len(known) + len(missing) > SUN_CACHE_HOURS:
-        known, missing = None, unique
-    if len(missing):
-        position = pvlib.solarposition.get_solarposition(missing + pd.Timedelta(minutes=30), site.latitude,
-                                                         site.longitude, method=method)
-        position.index = missing
-        known = position if known is None else pd.concat([known, position])
-        _SUN_POSITIONS[key] = known
-    return known.reindex(times)
+    position = pvlib.solarposition.get_solarposition(unique + pd.Timedelta(minutes=30), site.latitude,
+                                                     site.longitude, method=method)
+    position.index = unique
+    return position.reindex(times)
 
 
 def _sun(times: pd.DatetimeIndex, weather: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -147,6 +148,26 @@ def _version(distribution: str) -> str:
     from importlib.metadata import version
 
     return version(distribution)
+
+
+def load_pyfunc(local_path: str | os.PathLike):
+    """``mlflow.pyfunc.load_model`` of a downloaded model, leaving this process's own code as it was.
+
+    A model logged with ``code_paths`` (ours carry the ``powerpipe`` package) makes MLflow put its copy of
+    the code first on ``sys.path`` and drop the package's modules from ``sys.modules``: every later
+    ``powerpipe`` import in the process (and in processes it spawns, which inherit ``sys.path``: Dask
+    workers) would come from the model's temporary folder, where the report templates are not
+    (``TemplateNotFound: offline_report.html.j2``). The loaded model keeps the classes it was unpickled with.
+    """
+    own = {name: module for name, module in sys.modules.items() if name == "powerpipe" or name.startswith("powerpipe.")}
+    path = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(str(local_path))
+    finally:
+        sys.path[:] = path
+        for name in [n for n in sys.modules if (n == "powerpipe" or n.startswith("powerpipe.")) and n not in own]:
+            del sys.modules[name]  # imported from the model's copy: the next import finds our own
+        sys.modules.update(own)
 
 
 def predict_frame(model, frame: pd.DataFrame) -> pd.DataFrame:

@@ -105,10 +105,12 @@ def load_version(client, name: str, version: str):
     """A registered version as a pyfunc model, downloaded through ``client`` (no global tracking URI)."""
     import mlflow
 
+    from powerpipe.forecast.serving import load_pyfunc
+
     uri = client.get_model_version_download_uri(name, version)
     folder = tempfile.mkdtemp(prefix="powerpipe-model-")
-    return mlflow.pyfunc.load_model(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
-                                                                         tracking_uri=client.tracking_uri))
+    return load_pyfunc(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
+                                                           tracking_uri=client.tracking_uri))
 
 
 # What a run that says nothing of its split was scored on: the tutorial's shuffled split of hours.
