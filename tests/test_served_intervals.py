@@ -151,6 +151,7 @@ def test_monitoring_scores_the_production_models_interval_coverage_on_new_hours(
     assert logged_metrics["model_wind_coverage_80"] == pytest.approx(expected["wind_coverage_80"])
 
 
+@pytest.mark.slow
 def test_loading_a_model_leaves_this_processs_own_code_in_place(logged):
     """MLflow puts a model's copy of its ``code_paths`` first on sys.path and drops the package's modules:
     without care every later powerpipe import (and every Dask worker spawned later) came from the model's
