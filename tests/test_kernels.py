@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import nbformat
 import pytest
 
 from powerpipe.forecast import data
@@ -59,11 +60,20 @@ def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_
     env = {"MLFLOW_TRACKING_URI": tracking_uri, **kernels.thread_caps(1)}
     fresh = execute(source, tmp_path / "fresh.ipynb", parameters, env=env, render=False)
     assert fresh.ok, fresh.error
-    # The compared notebook runs on a kernel that has been used (another notebook, or the previous case) and reset.
-    reused = execute(source, tmp_path / "reused.ipynb", parameters, env=env, render=False, kernel=used_kernel)
+    # The compared notebook runs on a kernel that has been used (another notebook, or the previous case) and reset,
+    # and without figures (as a replay's weeks without reports): the same metrics, no figure drawn.
+    reused = execute(source, tmp_path / "reused.ipynb", {**parameters, "figures": False}, env=env, render=False,
+                     kernel=used_kernel)
     assert reused.ok, reused.error
     assert reused.kernel_reusable
     assert reused.scraps["metrics"] == fresh.scraps["metrics"]
+    assert _images(fresh.output_notebook) >= 4 and _images(reused.output_notebook) == 0
+
+
+def _images(notebook) -> int:
+    """How many pictures the executed notebook shows."""
+    return sum("image/png" in output.get("data", {}) for cell in nbformat.read(notebook, as_version=4).cells
+               for output in cell.get("outputs", []))
 
 
 def test_namespace_is_wiped_between_notebooks(tmp_path):
@@ -83,6 +93,23 @@ def test_namespace_is_wiped_between_notebooks(tmp_path):
     assert result.scraps["seen"] is False
     assert result.scraps["cwd"] == str(tmp_path / "b")
     assert result.scraps["draw"] == again.scraps["draw"]  # seeds reset before each notebook
+
+
+def test_a_kernel_is_replaced_after_its_uses_or_once_its_memory_passes_the_limit():
+    from powerpipe.execution.lease import KernelLease, KernelSettings
+
+    settings = KernelSettings(env=(), warmup=None)
+    roomy, cramped = KernelLease(settings, max_uses=2), KernelLease(settings, max_memory=1)
+    kernel, other = roomy.take(), cramped.take()
+    try:
+        assert 10 * 2**20 < kernel.memory_bytes() < 2**30  # a bare kernel's resident memory, read
+        assert roomy.give_back(kernel, reusable=True) is kernel  # one use of two, memory under 3 GiB: kept
+        assert roomy.give_back(kernel, reusable=True) is None and not kernel.alive()  # two uses: replaced
+        assert cramped.give_back(other, reusable=True) is None and not other.alive()  # over its memory limit
+        assert kernel.memory_bytes() is None  # gone: no answer, no error
+    finally:
+        roomy.kill_all()
+        cramped.kill_all()
 
 
 def test_failed_notebook_kernel_is_not_reused(tmp_path, notebooks):

@@ -27,7 +27,7 @@ from .conftest import make_notebook
 
 MODEL = "ReplayModel"
 START, WEEKS = "2016-01-11", 3
-PARAMETERS = "data_path: str | None = None\nevaluation: dict | None = None\nquantile: float = 0.5"
+PARAMETERS = "data_path: str | None = None\nevaluation: dict | None = None\nquantile: float = 0.5\nfigures: bool = True"
 CELLS = (
     "import mlflow\nfrom sklearn.dummy import DummyRegressor\nfrom powerpipe.core import tags\n"
     "from powerpipe.forecast import data, modeling, evaluation as ev\nfrom powerpipe.tracking import store as tracking",
@@ -37,6 +37,8 @@ CELLS = (
     "model = DummyRegressor(strategy='quantile', quantile=quantile).fit(X_train[data.FEATURES], y_train)\n"
     "metrics = modeling.evaluate(y_test, model.predict(X_test[data.FEATURES])) if spec.has_test else {}\n"
     "tracking.record_metrics(metrics)\ntracking.log_model(model, X_train[data.FEATURES], flavor='sklearn')",
+    "if figures:  # as the model notebooks: a replay's weeks without reports draw none\n"
+    "    import matplotlib.pyplot as plt\n    mlflow.log_figure(plt.figure(), 'figure.png')",
 )
 
 
@@ -68,6 +70,33 @@ def test_policy_table_weights_weeks_by_hours_and_skips_unscored_weeks():
     assert table["skill"]["production_vs_persistence"] == pytest.approx(1 - table["rmse"]["production"] / 2.0)
     assert table["weekly_skill"][0]["production_skill"] == pytest.approx(0.5)
     assert policy_table(rows[:1]) == {"weeks": 0, "rmse": {}, "skill": {}, "weekly_skill": []}
+
+
+def test_weeks_without_reports_draw_no_figures_but_stay_the_same_grid_points():
+    """``figures=False`` goes to the model notebooks and into the cache key, never into the configuration (the
+    production model's grid point is recognised in every week); notebooks without the parameter get nothing."""
+    from powerpipe.spec.config import load_config
+    from powerpipe.spec.steps import Runtime, build_steps, without_figures
+
+    config = load_config(paths.SMOKE_CONFIG)
+    runtime = Runtime.planned(config)
+    for step in build_steps(config):
+        quiet = without_figures(step)
+        if step.stage == "train":
+            assert quiet.parameters(runtime) == {**step.parameters(runtime), "figures": False}
+            assert quiet.cache_parameters(runtime) != step.cache_parameters(runtime)
+            assert quiet.shown == step.shown and quiet.label == step.label
+        else:  # process, compare, report: no figures parameter
+            assert quiet == step
+
+
+def test_retention_runs_every_keep_runs_weeks_and_after_the_last():
+    from powerpipe.run.replay import collection_due
+
+    due = [week for week in range(1, 12) if collection_due(week, 4, last=week == 11)]
+    assert due == [4, 8, 11]
+    assert not any(collection_due(week, None, last=True) for week in range(1, 12))
+    assert all(collection_due(week, 1, last=False) for week in range(1, 12))
 
 
 def test_a_folder_holding_a_replay_of_other_arguments_is_refused(tmp_path, monkeypatch):
@@ -224,6 +253,9 @@ def test_replay_runs_each_week_as_of_its_monday_and_resumes_after_a_stop(replaye
                 linked = client.get_run(point["mlflow_run_id"]).data.tags[tags.NOTEBOOK_HTML_ARTIFACT]
                 logged = [a.path for a in client.list_artifacts(point["mlflow_run_id"], tags.NOTEBOOK_ARTIFACT_DIR)]
                 assert linked in logged and linked.endswith(".html" if day == "2016-01-25" else ".ipynb")
+                drawn = [a.path for a in client.list_artifacts(point["mlflow_run_id"]) if a.path.endswith(".png")]
+                assert drawn == (["figure.png"] if day == "2016-01-25" else [])  # figures in report weeks only
+                assert point["metrics"].get("rmse", 0) > 0  # the metrics either way
     experiment = client.get_experiment_by_name("replay")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")  # soak: nothing left
     weeks = sorted(state["weeks"].values(), key=lambda r: r["index"])

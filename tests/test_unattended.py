@@ -555,6 +555,36 @@ def test_retention_keeps_newest_and_everything_in_use(history):
 
 
 @pytest.mark.slow  # runs `mlflow gc` in a subprocess (seconds)
+def test_keep_versions_lets_old_registered_versions_go_and_then_their_runs(history, capsys):
+    """A pipeline registering every week pins a run every week: --keep-versions bounds that. Version 1 holds
+    production, version 2 (on p3) is old, version 3 (on p2, reused anyway) the newest."""
+    from mlflow.exceptions import MlflowException
+
+    h, p = history, history.p
+    for pipe in (p[3], p[2]):
+        run = pipe["children"][1]
+        h.client.create_model_version("FakeModel", h.client.get_logged_model(run["model"]).artifact_location,
+                                      run_id=run["run"], model_id=run["model"])
+    assert p[3]["id"] in retention.collect_garbage(h.outputs, h.uri, keep_runs=2, dry_run=True).pinned
+    spared = retention.collect_garbage(h.outputs, h.uri, keep_runs=2, dry_run=True, keep_versions=1,
+                                       also_keep=frozenset({("FakeModel", "2")}))  # a replay's first model
+    assert spared.deleted_versions == [] and p[3]["id"] in spared.pinned
+
+    code = cli.main(["gc", "--keep-runs", "2", "--keep-versions", "1", "--outputs", str(h.outputs),
+                     "--tracking-uri", h.uri])
+    out = capsys.readouterr().out
+    assert code == 0 and "removed registered model version(s) FakeModel/2" in out
+    assert f"removed pipeline run {p[3]['id']}" in out and not p[3]["folder"].exists()
+    with pytest.raises(MlflowException):
+        h.client.get_model_version("FakeModel", "2")
+    assert str(h.client.get_model_version_by_alias("FakeModel", "production").version) == "1"  # an alias: kept
+    assert h.client.get_model_version("FakeModel", "3").run_id == p[2]["children"][1]["run"]  # the newest: kept
+    assert p[1]["folder"].is_dir() and _exists(h.client, h.production["run"])
+    assert cli.main(["run", "--keep-versions", "1", "--outputs", str(h.outputs)]) == cli.EXIT_USAGE
+    assert "--keep-versions goes with --keep-runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # runs `mlflow gc` in a subprocess (seconds)
 def test_gc_command_through_the_cli(history, capsys):
     code = cli.main(["gc", "--keep-runs", "4", "--outputs", str(history.outputs), "--tracking-uri", history.uri])
     out = capsys.readouterr().out

@@ -182,6 +182,9 @@ flag forms: --reproduce RUN_ID, --start, --pipeline-run ID --stage S [--point L]
 @click.option("--keep-runs", type=int, default=None, metavar="N",
               help="after the run, remove all but the newest N pipeline runs: their folders, MLflow runs and "
                    "artifacts (never a run behind a registered model version or one a kept run reused)")
+@click.option("--keep-versions", type=int, default=None, metavar="N",
+              help="with --keep-runs: of each registered model keep only the newest N versions besides those an "
+                   "alias points at; the others leave the registry, and their runs go as any other")
 @click.option("--dry-run", is_flag=True, help="print each notebook and its parameters; run nothing")
 # The flag forms of other commands, from before subcommands: schedules written for run_all.py use them.
 @click.option("--reproduce", metavar="RUN_ID", hidden=True)
@@ -205,6 +208,9 @@ def run(**params):
 
 @cli.command()
 @click.option("--keep-runs", type=int, required=True, metavar="N", help="pipeline runs to keep (at least 1)")
+@click.option("--keep-versions", type=int, default=None, metavar="N",
+              help="of each registered model keep only the newest N versions besides those an alias points at; "
+                   "the others leave the registry, and their runs go as any other")
 @_store_options
 @click.option("--dry-run", is_flag=True, help="say what would be removed; remove nothing")
 @_debug_option
@@ -214,7 +220,8 @@ def gc(**params):
     production model's among them), a run a kept pipeline run reused from the cache, a pipeline run
     still RUNNING. Says what it removed and how much space it freed."""
     args = _invocation(params)
-    collect_garbage(args.outputs, args.tracking_uri, args.keep_runs, dry_run=args.dry_run)
+    collect_garbage(args.outputs, args.tracking_uri, args.keep_runs, dry_run=args.dry_run,
+                    keep_versions=args.keep_versions)
     return EXIT_OK
 
 
@@ -303,7 +310,11 @@ def rollback(to_version, **params):
               help="run the compare and report stages every N weeks (default: never; the replay report is made "
                    "at the end either way)")
 @click.option("--keep-runs", type=int, default=None, metavar="N",
-              help="after each week, remove all but the newest N pipeline runs of the replay (as gc)")
+              help="every N weeks and after the last, remove all but the newest N pipeline runs of the replay "
+                   "(as gc; runs behind registered model versions stay)")
+@click.option("--keep-versions", type=int, default=None, metavar="N",
+              help="with --keep-runs: of the model keep only the newest N versions besides the one in production "
+                   "and the replay's first model; the others leave the registry, and their runs go as any other")
 @click.option("--quiet", is_flag=True, help="no line per finished notebook (one line per week stays)")
 @_debug_option
 def replay(start_date, weeks, report_every, **params):
@@ -317,7 +328,7 @@ def replay(start_date, weeks, report_every, **params):
     options = run_options(args)
     on_step = (lambda result: log.info("  %s", step_line(result))) if not args.quiet else None
     state = run_replay(options, start_date, weeks, report_every=report_every, keep_runs=args.keep_runs,
-                       on_step=on_step, on_week=lambda row: print(replay_line(row), flush=True))
+                       keep_versions=args.keep_versions, on_step=on_step, on_week=lambda row: print(replay_line(row), flush=True))
     return print_replay(state)
 
 
@@ -378,6 +389,7 @@ def dashboard(**params):
 _ARGUMENT_DEFAULTS = dict(
     config=paths.DEFAULT_CONFIG, data="auto", tracking_uri=None, outputs=paths.OUTPUTS_DIR, jobs=os.cpu_count() or 1,
     executor=None, scheduler=None, timeout=None, store_timeout=None, min_free_mb=0, keep_runs=None,
+    keep_versions=None,
     fresh_kernels=False, force=False, force_promote=False, reproduce=None, search_storage=None, if_running="fail",
     dry_run=False, start=False, pipeline_run=None, stage=None, point=None, finish=False, list_points=False,
     debug=False, quiet=False, as_of=None, fail_on_alert=False,
@@ -493,6 +505,10 @@ def check_arguments(args) -> str | None:
         return f"--min-free-mb must be 0 (no check) or a positive number of MB, got {min_free:g}"
     if args.keep_runs is not None and args.keep_runs < 1:
         return f"--keep-runs must be at least 1 (the run just made is always kept), got {args.keep_runs}"
+    if args.keep_versions is not None and args.keep_versions < 1:
+        return f"--keep-versions must be at least 1, got {args.keep_versions}"
+    if args.keep_versions is not None and args.keep_runs is None:
+        return "--keep-versions goes with --keep-runs (retention removes the runs of the versions it lets go)"
     if getattr(args, "as_of", None) is not None:
         from powerpipe.core.exceptions import ConfigError
         from powerpipe.forecast.windows import parse_time
@@ -653,7 +669,7 @@ def run_pipeline_command(args) -> int:
     print_summary(summary, Path(options.outputs).resolve() / summary["pipeline_run_id"])
     code = exit_code(summary, args.fail_on_alert)
     if args.keep_runs is not None:
-        collect_garbage(args.outputs, args.tracking_uri, args.keep_runs)
+        collect_garbage(args.outputs, args.tracking_uri, args.keep_runs, keep_versions=args.keep_versions)
     return code
 
 
@@ -683,11 +699,12 @@ def step_line(result) -> str:
     return line
 
 
-def collect_garbage(outputs: Path, tracking_uri: str | None, keep_runs: int, dry_run: bool = False) -> None:
+def collect_garbage(outputs: Path, tracking_uri: str | None, keep_runs: int, dry_run: bool = False,
+                    keep_versions: int | None = None) -> None:
     from powerpipe.tracking import retention, store as tracking
 
     uri = tracking.tracking_uri(tracking_uri, outputs)
-    report = retention.collect_garbage(outputs, uri, keep_runs, dry_run=dry_run)
+    report = retention.collect_garbage(outputs, uri, keep_runs, dry_run=dry_run, keep_versions=keep_versions)
     print(report.describe())
 
 

@@ -185,6 +185,15 @@ class Kernel:
         except Exception:  # noqa: BLE001 - boundary: a kernel we cannot even ask is not alive
             return False
 
+    def memory_bytes(self) -> int | None:
+        """The kernel process's resident memory, or None if it cannot be read (gone, not a local process)."""
+        import psutil
+
+        try:
+            return psutil.Process(self.km.provisioner.process.pid).memory_info().rss
+        except Exception:  # noqa: BLE001 - boundary: no process to ask is no answer, not an error
+            return None
+
     def interrupt(self) -> None:
         try:
             self.km.interrupt_kernel()

@@ -28,3 +28,4 @@ class RunOptions:
     as_of: str | None = None  # --as-of: the run sees only the hours before this time (UTC)
     fail_on_alert: bool = False  # --fail-on-alert: a monitoring alert makes the command exit 3
     render_notebooks: bool = True  # each executed notebook also as HTML (a replay's weeks without reports: no)
+    figures: bool = True  # the training notebooks draw their figures (a replay's weeks without reports: no)

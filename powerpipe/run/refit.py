@@ -33,7 +33,7 @@ from powerpipe.core.exceptions import ConfigError, PipelineError
 from powerpipe.execution.results import StepResult
 from powerpipe.spec.config import PipelineConfig
 from powerpipe.spec.parameterize import check_values, read_parameters
-from powerpipe.spec.steps import Step
+from powerpipe.spec.steps import Step, without_figures
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ def plan_champion(pipeline) -> ChampionPlan | None:
     step = Step(notebook_spec, f"{notebook_spec.name}{CHAMPION_INFIX}{current.version}", dict(shown),
                 f"train/{notebook_spec.name}", pipeline.config.runtime_parameters("train"),
                 extra_tags={tags.CHAMPION_OF: holder})
+    if not getattr(pipeline.options, "figures", True):
+        step = without_figures(step)
     return ChampionPlan(holder, str(current.version), evaluated, step.label, step)
 
 

@@ -42,6 +42,7 @@ from powerpipe.core.fsutil import atomic_write_text
 from powerpipe.execution.tasks import NotebookTask, TaskOutcome
 from powerpipe.forecast import windows
 from powerpipe.run.options import RunOptions
+from powerpipe.spec.steps import without_figures
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def save_state(folder: Path, state: dict) -> None:
 
 # -- the replay -----------------------------------------------------------------------------------------------
 def run_replay(options: RunOptions, start: str, weeks: int, *, report_every: int | None = None,
-               keep_runs: int | None = None, on_step=None, on_week: Callable[[dict], None] | None = None) -> dict:
+               keep_runs: int | None = None, keep_versions: int | None = None, on_step=None,
+               on_week: Callable[[dict], None] | None = None) -> dict:
     """Run (or go on with) the replay; returns its state (``replay.json``): weeks, report, folder.
 
     ``options``: the weeks' run options (config, data, outputs, jobs, executor, ...); ``as_of`` is each
@@ -174,10 +176,12 @@ def run_replay(options: RunOptions, start: str, weeks: int, *, report_every: int
                 state["first_model"] = {"name": config.promote.model_name, "version": row["promoted"]["version"],
                                         "week": day}
             save_state(folder, state)  # the week is finished only now
-            if keep_runs is not None:
+            if collection_due(len(state["weeks"]), keep_runs, last=day == days[-1]):
                 from powerpipe.tracking import retention
 
-                retention.collect_garbage(folder, uri, keep_runs)
+                first = state["first_model"]  # scored every week: never let go
+                retention.collect_garbage(folder, uri, keep_runs, keep_versions=keep_versions, also_keep=frozenset(
+                    [(first["name"], str(first["version"]))] if first else []))
             if on_week:
                 on_week(row)
         tracking.check_reachable(uri)
@@ -187,6 +191,13 @@ def run_replay(options: RunOptions, start: str, weeks: int, *, report_every: int
         raise
     executor.shutdown()
     return state
+
+
+def collection_due(finished_weeks: int, keep_runs: int | None, last: bool) -> bool:
+    """Retention runs every ``keep_runs`` finished weeks and after the last, not after each: a collection
+    costs about 3 s (`mlflow gc` is a process), and the folder still holds at most 2 * keep_runs - 1
+    pipeline runs besides those behind registered model versions."""
+    return keep_runs is not None and (finished_weeks % keep_runs == 0 or last)
 
 
 def _make_executor(options: RunOptions, config, uri: str, folder: Path):
@@ -207,8 +218,10 @@ def _run_week(options: RunOptions, executor: SharedExecutor, replay: str, day: s
     try:
         if not with_reports:  # the compare and report notebooks only every --report-every weeks, and the
             # executed notebooks as HTML only then (each is kept as .ipynb; nbconvert costs about a second each)
-            pipeline.steps = [step for step in pipeline.steps if step.stage not in WEEKLY_ONLY]
-            pipeline.options = dataclasses.replace(pipeline.options, render_notebooks=False)
+            # Nor figures in the training notebooks (about 2.5 s each, a third of a cheap one); metrics stay.
+            pipeline.steps = [without_figures(step) if step.stage == "train" else step
+                              for step in pipeline.steps if step.stage not in WEEKLY_ONLY]
+            pipeline.options = dataclasses.replace(pipeline.options, render_notebooks=False, figures=False)
         pipeline.recorder.tag_run(pipeline.recorder.parent_run_id, {tags.REPLAY: replay, tags.REPLAY_WEEK: day})
         log.info("replay %s: week as of %s -> %s", replay, day, pipeline.run_dir)
         summary = pipeline.run()

@@ -11,13 +11,17 @@ each name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from powerpipe.core import paths
 from powerpipe.core.constants import DEFAULT_GOAL, DEFAULT_METRIC
 from powerpipe.spec.config import KEYED_RUNTIME_PARAMETERS, RUNTIME_PARAMETERS, SEARCH_SUFFIX, NotebookSpec, PipelineConfig
+from powerpipe.spec.parameterize import read_parameters
+
+
+FIGURES_PARAMETER = "figures"  # a notebook parameter: False draws no figure (``without_figures``)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Step:
     runtime_names: tuple[str, ...]  # the runner's own parameters for this notebook
     extra_tags: dict[str, str] = field(default_factory=dict)  # on its MLflow run besides the usual (a trial's)
     env: dict[str, str] = field(default_factory=dict)  # in its kernel's environment besides its run (a trial's)
+    # Passed and keyed but not its configuration (``shown``: what grid point it is): a replay's figures=False.
+    extra_parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stage(self) -> str:
@@ -80,12 +86,20 @@ class Step:
 
     def parameters(self, runtime: Runtime) -> dict[str, Any]:
         """Everything passed to the notebook."""
-        return {**self.shown, **{name: getattr(runtime, name) for name in self.runtime_names}}
+        return {**self.shown, **self.extra_parameters, **{name: getattr(runtime, name) for name in self.runtime_names}}
 
     def cache_parameters(self, runtime: Runtime) -> dict[str, Any]:
         """What, besides the notebook and its input data, decides the result (no per-run paths)."""
         keyed = {name: getattr(runtime, name) for name in self.runtime_names if name in KEYED_RUNTIME_PARAMETERS}
-        return {**self.shown, **keyed}
+        return {**self.shown, **self.extra_parameters, **keyed}
+
+
+def without_figures(step: Step) -> Step:
+    """``step`` drawing no figures, if its notebook takes ``figures`` (the model notebooks do); its metrics,
+    tables and model stay. A replay's weeks without reports: nobody opens those figures."""
+    if FIGURES_PARAMETER not in read_parameters(step.notebook):
+        return step
+    return replace(step, extra_parameters={**step.extra_parameters, FIGURES_PARAMETER: False})
 
 
 def build_steps(config: PipelineConfig) -> list[Step]:

@@ -10,7 +10,13 @@ and removes the others, except:
 - a pipeline run still RUNNING (a live runner, or one on another machine).
 
 A removed pipeline run that holds such a run is *pinned*: its folder (the data and notebooks the
-model came from) and its parent run stay, its other child runs go. Runs are deleted through MLflow:
+model came from) and its parent run stay, its other child runs go.
+
+A pipeline that registers a version every week pins a run folder every week. ``keep_versions`` bounds
+that too: of each registered model only the newest ``keep_versions`` versions stay, besides any version
+an alias points at (``production``) and those named in ``also_keep`` (a replay's first model); the
+others are deleted from the registry (the alias history, a tag on the registered model, keeps their
+moves), and their runs are then removed like any other. A rollback reaches only the versions kept. Runs are deleted through MLflow:
 ``MlflowClient.delete_run`` / ``delete_logged_model``, then ``mlflow gc`` removes them and their
 artifacts for good (a local store); a tracking server keeps them in its ``deleted`` stage until its
 operator runs ``mlflow gc`` there. The SQLite file keeps its size (SQLite reuses the freed pages).
@@ -54,6 +60,7 @@ class GcReport:
     pinned: dict[str, str] = field(default_factory=dict)  # old pipeline run id -> why its folder and parent stay
     deleted_runs: list[str] = field(default_factory=list)  # MLflow run ids deleted
     deleted_models: list[str] = field(default_factory=list)  # MLflow logged model ids deleted
+    deleted_versions: list[str] = field(default_factory=list)  # registered versions deleted ("Name/7")
     protected_runs: dict[str, str] = field(default_factory=dict)  # run id -> why it is never deleted
     removed_paths: list[Path] = field(default_factory=list)  # folders removed (run folders, artifact folders)
     bytes_freed: int = 0
@@ -69,6 +76,8 @@ class GcReport:
             lines.append(f"  {verb} pipeline run {run_id}")
         for run_id, why in self.pinned.items():
             lines.append(f"  kept folder and parent run of {run_id}: {why}")
+        if self.deleted_versions:
+            lines.append(f"retention: {verb} registered model version(s) {', '.join(self.deleted_versions)}")
         lines.append(f"retention: {verb} {len(self.deleted_runs)} MLflow run(s) and {len(self.deleted_models)} "
                      f"logged model(s); {'would free' if self.dry_run else 'freed'} {self.bytes_freed / MB:.1f} MB")
         lines.extend(f"retention: {note}" for note in self.notes)
@@ -89,11 +98,14 @@ class _PipelineRun:
 
 
 def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs: int,
-                    dry_run: bool = False) -> GcReport:
+                    dry_run: bool = False, keep_versions: int | None = None,
+                    also_keep: frozenset[tuple[str, str]] = frozenset()) -> GcReport:
     """Keep the newest ``keep_runs`` pipeline runs; remove the older ones' folders, runs and artifacts.
 
     Never removes a run behind a registered model version, a run a kept pipeline run reused from the
-    cache, or a pipeline run still RUNNING. Returns what it removed and the bytes it freed.
+    cache, or a pipeline run still RUNNING. With ``keep_versions``, first deletes the registered
+    versions beyond the newest ``keep_versions`` of each model that no alias points at and that are not
+    in ``also_keep`` ((name, version) pairs). Returns what it removed and the bytes it freed.
     """
     import mlflow
 
@@ -101,6 +113,8 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
 
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1, got {keep_runs}")
+    if keep_versions is not None and keep_versions < 1:
+        raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
     outputs_dir = Path(outputs_dir).resolve()
     report = GcReport(keep_runs=keep_runs, dry_run=dry_run)
     store_exists = _store_exists(tracking_uri)
@@ -118,7 +132,10 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
                 kept.append(run)
                 report.notes.append(f"pipeline run {run.run_id} is still RUNNING: kept")
         report.kept = [run.run_id for run in kept]
-        protected_runs, protected_models = _protected(client, kept, report)
+        retired = _retired_versions(client, keep_versions, also_keep) if keep_versions is not None else []
+        report.deleted_versions = [f"{v.name}/{v.version}" for v in retired]
+        protected_runs, protected_models = _protected(client, kept, report,
+                                                      skip={(v.name, str(v.version)) for v in retired})
         report.protected_runs = protected_runs
 
         doomed_runs, doomed_folders = [], []
@@ -143,6 +160,8 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
         if dry_run:
             report.bytes_freed = sum(sizes_before.values())
             return report
+        for version in retired:
+            client.delete_model_version(version.name, version.version)
         if doomed_runs or models:
             for run in doomed_runs:
                 client.delete_run(run.info.run_id)
@@ -225,25 +244,49 @@ def _maybe_alive(parent) -> bool:
     return tracking._runner_alive(run_tags)
 
 
-def _protected(client, kept: list[_PipelineRun], report: GcReport) -> tuple[dict[str, str], set[str]]:
-    """Run ids never deleted (with why), and the logged model ids behind registered versions."""
+def _retired_versions(client, keep_versions: int, also_keep: frozenset[tuple[str, str]]) -> list:
+    """The registered versions beyond the newest ``keep_versions`` of each model, except those an alias
+    points at and those in ``also_keep``."""
+    if client is None:
+        return []
+    retired = []
+    for model in _every(client.search_registered_models):
+        aliased = {str(version) for version in (model.aliases or {}).values()}
+        versions = sorted(_every(client.search_model_versions, f"name = '{model.name}'"),
+                          key=lambda v: int(v.version), reverse=True)
+        retired += [v for v in versions[keep_versions:]
+                    if str(v.version) not in aliased and (model.name, str(v.version)) not in also_keep]
+    return retired
+
+
+def _every(search, filter_string: str | None = None) -> list:
+    """Every result of an MLflow client search, page after page."""
+    found, token = [], None
+    while True:
+        page = search(filter_string, max_results=_PAGE, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _protected(client, kept: list[_PipelineRun], report: GcReport,
+               skip: set[tuple[str, str]] = frozenset()) -> tuple[dict[str, str], set[str]]:
+    """Run ids never deleted (with why), and the logged model ids behind registered versions (those in
+    ``skip``, about to be deleted, protect nothing)."""
     protected: dict[str, str] = {}
     models: set[str] = set()
     if client is not None:
-        token = None
-        while True:
-            page = client.search_model_versions(max_results=_PAGE, page_token=token)
-            for version in page:
-                if version.run_id:
-                    protected.setdefault(version.run_id, f"is behind model {version.name} version {version.version}")
-                evaluated = (version.tags or {}).get(tags.EVALUATED_RUN)
-                if evaluated and evaluated != version.run_id:  # a refit's scores, read by the report and dashboard
-                    protected.setdefault(evaluated, f"scored model {version.name} version {version.version}")
-                if getattr(version, "model_id", None):
-                    models.add(version.model_id)
-            token = page.token
-            if not token:
-                break
+        for version in _every(client.search_model_versions):
+            if (version.name, str(version.version)) in skip:
+                continue
+            if version.run_id:
+                protected.setdefault(version.run_id, f"is behind model {version.name} version {version.version}")
+            evaluated = (version.tags or {}).get(tags.EVALUATED_RUN)
+            if evaluated and evaluated != version.run_id:  # a refit's scores, read by the report and dashboard
+                protected.setdefault(evaluated, f"scored model {version.name} version {version.version}")
+            if getattr(version, "model_id", None):
+                models.add(version.model_id)
     for run in kept:
         for point in _summary(run, client).get("grid_points", []):
             if point.get("status") == CACHED and point.get("mlflow_run_id"):
