@@ -10,16 +10,16 @@ and removes the others, except:
 - a pipeline run still RUNNING (a live runner, or one on another machine).
 
 A removed pipeline run that holds such a run is *pinned*: its folder (the data and notebooks the
-model came from) and its parent run stay, its other child runs go.
+model came from) and its parent run stay, its other child runs go. Runs are deleted through MLflow:
+``MlflowClient.delete_run`` / ``delete_logged_model``, then ``mlflow gc`` removes them and their
+artifacts for good (a local store); a tracking server keeps them in its ``deleted`` stage until its
+operator runs ``mlflow gc`` there. The SQLite file keeps its size (SQLite reuses the freed pages).
 
 A pipeline that registers a version every week pins a run folder every week. ``keep_versions`` bounds
 that too: of each registered model only the newest ``keep_versions`` versions stay, besides any version
 an alias points at (``production``) and those named in ``also_keep`` (a replay's first model); the
 others are deleted from the registry (the alias history, a tag on the registered model, keeps their
-moves), and their runs are then removed like any other. A rollback reaches only the versions kept. Runs are deleted through MLflow:
-``MlflowClient.delete_run`` / ``delete_logged_model``, then ``mlflow gc`` removes them and their
-artifacts for good (a local store); a tracking server keeps them in its ``deleted`` stage until its
-operator runs ``mlflow gc`` there. The SQLite file keeps its size (SQLite reuses the freed pages).
+moves), and their runs are then removed like any other. A rollback reaches only the versions kept.
 """
 
 from __future__ import annotations
