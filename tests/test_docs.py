@@ -82,6 +82,8 @@ def test_readme_is_short_and_keeps_the_test_command():
     assert "run_all.py" in blocks[0]
     assert "pytest" in blocks[1], ".ci/run runs the README's second bash block as the test command"
     assert "requirements-dev.txt" in blocks[1]
+    for page in ("index.md", "testing.md"):  # the manual shows the same command
+        assert blocks[1] in bash_blocks((ROOT / "docs" / page).read_text(encoding="utf-8")), page
 
 
 def test_every_docs_page_is_linked_from_the_readme():
