@@ -68,6 +68,16 @@ def test_reused_kernel_gives_exactly_the_metrics_of_a_fresh_one(tmp_path, small_
     assert reused.kernel_reusable
     assert reused.scraps["metrics"] == fresh.scraps["metrics"]
     assert _images(fresh.output_notebook) >= 4 and _images(reused.output_notebook) == 0
+    import mlflow
+
+    from powerpipe.forecast import serving
+
+    client = mlflow.MlflowClient(tracking_uri)
+    [newest] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    logged = {a.path for a in client.list_artifacts(newest.info.run_id, "evaluation")}
+    assert {serving.MONTHLY_SKILL_ARTIFACT, serving.RELIABILITY_ARTIFACT} <= logged  # the tables, without figures
+    assert not [a for a in client.list_artifacts(newest.info.run_id) if a.path.endswith(".png")]
 
 
 def _images(notebook) -> int:

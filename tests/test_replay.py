@@ -255,6 +255,8 @@ def test_replay_runs_each_week_as_of_its_monday_and_resumes_after_a_stop(replaye
                 assert linked in logged and linked.endswith(".html" if day == "2016-01-25" else ".ipynb")
                 drawn = [a.path for a in client.list_artifacts(point["mlflow_run_id"]) if a.path.endswith(".png")]
                 assert drawn == (["figure.png"] if day == "2016-01-25" else [])  # figures in report weeks only
+                run_tags = client.get_run(point["mlflow_run_id"]).data.tags  # and the run says why
+                assert run_tags.get(tags.EXTRA_PARAMETERS) == (None if day == "2016-01-25" else '{"figures": false}')
                 assert point["metrics"].get("rmse", 0) > 0  # the metrics either way
     experiment = client.get_experiment_by_name("replay")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")  # soak: nothing left

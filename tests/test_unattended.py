@@ -569,6 +569,17 @@ def test_keep_versions_lets_old_registered_versions_go_and_then_their_runs(histo
     spared = retention.collect_garbage(h.outputs, h.uri, keep_runs=2, dry_run=True, keep_versions=1,
                                        also_keep=frozenset({("FakeModel", "2")}))  # a replay's first model
     assert spared.deleted_versions == [] and p[3]["id"] in spared.pinned
+    dry = retention.collect_garbage(h.outputs, h.uri, keep_runs=2, dry_run=True, keep_versions=1)
+    assert dry.deleted_versions == ["FakeModel/2"] and dry.removed == [p[3]["id"]]  # what the real run does
+    assert h.client.get_model_version("FakeModel", "2")  # a dry run deletes nothing
+    h.client.set_model_version_tag("FakeModel", "1", tags.PREVIOUS_VERSION, "2")  # what rollback goes back to
+    assert retention.collect_garbage(h.outputs, h.uri, keep_runs=2, dry_run=True, keep_versions=1).deleted_versions == []
+    h.client.delete_model_version_tag("FakeModel", "1", tags.PREVIOUS_VERSION)
+    # Another project's model in the same store: not made by these pipeline runs, never touched.
+    other = h.client.create_run(h.client.get_experiment_by_name("unattended").experiment_id).info.run_id
+    h.client.create_registered_model("OtherModel")
+    for _ in range(3):
+        h.client.create_model_version("OtherModel", f"runs:/{other}/model", run_id=other)
 
     code = cli.main(["gc", "--keep-runs", "2", "--keep-versions", "1", "--outputs", str(h.outputs),
                      "--tracking-uri", h.uri])
@@ -580,6 +591,7 @@ def test_keep_versions_lets_old_registered_versions_go_and_then_their_runs(histo
     assert str(h.client.get_model_version_by_alias("FakeModel", "production").version) == "1"  # an alias: kept
     assert h.client.get_model_version("FakeModel", "3").run_id == p[2]["children"][1]["run"]  # the newest: kept
     assert p[1]["folder"].is_dir() and _exists(h.client, h.production["run"])
+    assert len(h.client.search_model_versions("name = 'OtherModel'")) == 3
     assert cli.main(["run", "--keep-versions", "1", "--outputs", str(h.outputs)]) == cli.EXIT_USAGE
     assert "--keep-versions goes with --keep-runs" in capsys.readouterr().err
 

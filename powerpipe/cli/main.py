@@ -217,8 +217,9 @@ def run(**params):
 def gc(**params):
     """Remove old pipeline runs: all but the newest N run folders, and through MLflow their runs and
     artifacts (logged models included). Never removed: a run behind a registered model version (the
-    production model's among them), a run a kept pipeline run reused from the cache, a pipeline run
-    still RUNNING. Says what it removed and how much space it freed."""
+    production model's among them; with --keep-versions, only the versions kept), a run a kept pipeline
+    run reused from the cache, a pipeline run still RUNNING. Says what it removed and how much space it
+    freed."""
     args = _invocation(params)
     collect_garbage(args.outputs, args.tracking_uri, args.keep_runs, dry_run=args.dry_run,
                     keep_versions=args.keep_versions)

@@ -35,6 +35,8 @@ DATA_SHA256 = "powerpipe.data_sha256"
 DATA_PATH = "powerpipe.data_path"
 SYNTHETIC_DATA = "powerpipe.synthetic_data"  # "true" / "false"
 PARAMETERS = "powerpipe.parameters"  # JSON of the parameters shown (no per-run paths)
+# JSON of what was passed besides them, not the grid point's configuration (a replay week's {"figures": false})
+EXTRA_PARAMETERS = "powerpipe.extra_parameters"
 OUTPUT_NOTEBOOK = "powerpipe.output_notebook"  # the executed notebook's path in the run folder
 NOTEBOOK_HTML_ARTIFACT = "powerpipe.notebook_html_artifact"  # artifact path of its HTML rendering
 ERROR = "powerpipe.error"

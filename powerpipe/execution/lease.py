@@ -5,7 +5,7 @@
 - a kernel whose notebook failed or timed out is thrown away, never reused;
 - a kernel is replaced after ``max_uses`` notebooks or once its memory passes ``max_memory``, so a
   long-lived one cannot grow without bound (measured: a kernel running the four model notebooks in turn
-  grows from 0.85 GiB warm to 1.3 GiB after 40, about 8 MiB a notebook);
+  grows from 0.85 GiB warm to 1.0 GiB after its first four, then by about 8 MiB a notebook);
 - every kernel gets the same thread caps, so the kernels of one machine share its cores.
 
 ``KernelPool`` (local threads) and the Dask workers both hold their kernels through a ``KernelLease``.
@@ -23,7 +23,7 @@ from powerpipe.core.exceptions import KernelError
 
 log = logging.getLogger(__name__)
 
-# A replacement costs a cold start (about 5 s with TensorFlow): a replay's weeks paid it every few weeks at 25.
+# A replacement costs a cold start (about 7 s with TensorFlow): a replay paid it every few weeks at 25.
 MAX_KERNEL_USES = 100
 MAX_KERNEL_MEMORY = 3 * 2**30  # bytes of resident memory
 

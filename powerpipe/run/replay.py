@@ -42,7 +42,6 @@ from powerpipe.core.fsutil import atomic_write_text
 from powerpipe.execution.tasks import NotebookTask, TaskOutcome
 from powerpipe.forecast import windows
 from powerpipe.run.options import RunOptions
-from powerpipe.spec.steps import without_figures
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +164,10 @@ def run_replay(options: RunOptions, start: str, weeks: int, *, report_every: int
     try:
         for index, day in todo:
             started = time.perf_counter()
-            week_options = dataclasses.replace(weekly, as_of=day)
             with_reports = bool(report_every) and (index + 1) % report_every == 0
+            # Weeks without reports: the executed notebooks as .ipynb only, not also as HTML (nbconvert costs
+            # about a second each), and no figures in the training notebooks (about 2.5 s each); metrics stay.
+            week_options = dataclasses.replace(weekly, as_of=day, render_notebooks=with_reports, figures=with_reports)
             summary, pipeline = _run_week(week_options, executor, folder.name, day, with_reports, on_step)
             client = mlflow.MlflowClient(uri)
             row = week_row(client, config, state, index, day, summary, pipeline)
@@ -216,12 +217,8 @@ def _run_week(options: RunOptions, executor: SharedExecutor, replay: str, day: s
 
     pipeline = prepare(options, on_step, executor=executor)
     try:
-        if not with_reports:  # the compare and report notebooks only every --report-every weeks, and the
-            # executed notebooks as HTML only then (each is kept as .ipynb; nbconvert costs about a second each)
-            # Nor figures in the training notebooks (about 2.5 s each, a third of a cheap one); metrics stay.
-            pipeline.steps = [without_figures(step) if step.stage == "train" else step
-                              for step in pipeline.steps if step.stage not in WEEKLY_ONLY]
-            pipeline.options = dataclasses.replace(pipeline.options, render_notebooks=False, figures=False)
+        if not with_reports:  # the compare and report notebooks only every --report-every weeks
+            pipeline.steps = [step for step in pipeline.steps if step.stage not in WEEKLY_ONLY]
         pipeline.recorder.tag_run(pipeline.recorder.parent_run_id, {tags.REPLAY: replay, tags.REPLAY_WEEK: day})
         log.info("replay %s: week as of %s -> %s", replay, day, pipeline.run_dir)
         summary = pipeline.run()
@@ -298,8 +295,8 @@ def _first_model_week(client, first: dict | None, scored_week: str, model: dict,
     from powerpipe.core.exceptions import StoreUnreachableError
 
     frame = data_module.load_processed(Path(pipeline.runtime.data_path))
-    version = client.get_model_version(first["name"], str(first["version"]))
-    try:
+    try:  # the version may be gone (a `gc --keep-versions` run by hand on the replay's store): no score
+        version = client.get_model_version(first["name"], str(first["version"]))
         scored = _week_of(score_version(client, version, frame), scored_week)
     except StoreUnreachableError:
         raise

@@ -23,7 +23,7 @@ from powerpipe.run.runlock import RunLock
 from powerpipe.run.step_runner import StepRunner
 from powerpipe.spec.config import PipelineConfig, load_config, validate_parameters
 from powerpipe.spec.parameterize import notebook_hash
-from powerpipe.spec.steps import Runtime, Step, build_steps
+from powerpipe.spec.steps import Runtime, Step, build_steps, without_figures
 from powerpipe.tracking import cache, store as tracking
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ def prepare(options, on_step=None, scheduled: bool = False, executor=None):
 
     check_storage(config, uri, getattr(options, "search_storage", None))  # every search has a home for its study
     steps = build_steps(config)
+    if not getattr(options, "figures", True):  # the training notebooks that take ``figures`` draw none
+        steps = [without_figures(step) if step.stage == "train" else step for step in steps]
     run_id = new_pipeline_run_id()
     lock = RunLock(options.outputs)  # one pipeline run at a time per outputs folder
     lock.acquire(run_id, wait=options.if_running == "wait", scheduled=scheduled)

@@ -11,11 +11,12 @@ each name.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from powerpipe.core import paths
+from powerpipe.core import paths, tags
 from powerpipe.core.constants import DEFAULT_GOAL, DEFAULT_METRIC
 from powerpipe.spec.config import KEYED_RUNTIME_PARAMETERS, RUNTIME_PARAMETERS, SEARCH_SUFFIX, NotebookSpec, PipelineConfig
 from powerpipe.spec.parameterize import read_parameters
@@ -99,7 +100,10 @@ def without_figures(step: Step) -> Step:
     tables and model stay. A replay's weeks without reports: nobody opens those figures."""
     if FIGURES_PARAMETER not in read_parameters(step.notebook):
         return step
-    return replace(step, extra_parameters={**step.extra_parameters, FIGURES_PARAMETER: False})
+    extra = {**step.extra_parameters, FIGURES_PARAMETER: False}
+    # Tagged on its run, so that the figures missing from it are explained there.
+    return replace(step, extra_parameters=extra,
+                   extra_tags={**step.extra_tags, tags.EXTRA_PARAMETERS: json.dumps(extra, sort_keys=True)})
 
 
 def build_steps(config: PipelineConfig) -> list[Step]:

@@ -16,10 +16,11 @@ artifacts for good (a local store); a tracking server keeps them in its ``delete
 operator runs ``mlflow gc`` there. The SQLite file keeps its size (SQLite reuses the freed pages).
 
 A pipeline that registers a version every week pins a run folder every week. ``keep_versions`` bounds
-that too: of each registered model only the newest ``keep_versions`` versions stay, besides any version
-an alias points at (``production``) and those named in ``also_keep`` (a replay's first model); the
-others are deleted from the registry (the alias history, a tag on the registered model, keeps their
-moves), and their runs are then removed like any other. A rollback reaches only the versions kept.
+that too: of each registered model only the newest ``keep_versions`` versions made by these pipeline
+runs stay, besides any version an alias points at (``production``), the one that held it before (what
+``rollback`` goes back to) and those named in ``also_keep`` (a replay's first model); the others are
+deleted from the registry (the alias history, a tag on the registered model, keeps their moves), and
+their runs are then removed like any other. A rollback to an older version needs it kept.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
                 kept.append(run)
                 report.notes.append(f"pipeline run {run.run_id} is still RUNNING: kept")
         report.kept = [run.run_id for run in kept]
-        retired = _retired_versions(client, keep_versions, also_keep) if keep_versions is not None else []
+        ours = {r.info.run_id for run in runs.values() for r in ([run.parent] if run.parent else []) + run.children}
+        retired = _retired_versions(client, keep_versions, also_keep, ours) if keep_versions is not None else []
         report.deleted_versions = [f"{v.name}/{v.version}" for v in retired]
         protected_runs, protected_models = _protected(client, kept, report,
                                                       skip={(v.name, str(v.version)) for v in retired})
@@ -161,6 +163,9 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
             report.bytes_freed = sum(sizes_before.values())
             return report
         for version in retired:
+            if client.get_model_version(version.name, version.version).aliases:  # a rollback since: it stays
+                report.deleted_versions.remove(f"{version.name}/{version.version}")
+                continue
             client.delete_model_version(version.name, version.version)
         if doomed_runs or models:
             for run in doomed_runs:
@@ -244,18 +249,24 @@ def _maybe_alive(parent) -> bool:
     return tracking._runner_alive(run_tags)
 
 
-def _retired_versions(client, keep_versions: int, also_keep: frozenset[tuple[str, str]]) -> list:
-    """The registered versions beyond the newest ``keep_versions`` of each model, except those an alias
-    points at and those in ``also_keep``."""
+def _retired_versions(client, keep_versions: int, also_keep: frozenset[tuple[str, str]], ours: set[str]) -> list:
+    """The registered versions made from the pipeline runs' own runs (``ours``: never another project's
+    model in a shared store) beyond the newest ``keep_versions`` of each model, except those an alias
+    points at, the holder before each alias's current one (what ``rollback`` goes back to), and
+    ``also_keep``."""
+    from powerpipe.tracking.alias_history import previous_holder
+
     if client is None:
         return []
     retired = []
     for model in _every(client.search_registered_models):
-        aliased = {str(version) for version in (model.aliases or {}).values()}
-        versions = sorted(_every(client.search_model_versions, f"name = '{model.name}'"),
-                          key=lambda v: int(v.version), reverse=True)
+        spared = {str(version) for version in (model.aliases or {}).values()}
+        spared |= {str(before) for alias, version in (model.aliases or {}).items()
+                   if (before := previous_holder(client, model.name, alias, str(version)))}
+        versions = sorted((v for v in _every(client.search_model_versions, f"name = '{model.name}'")
+                           if v.run_id in ours), key=lambda v: int(v.version), reverse=True)
         retired += [v for v in versions[keep_versions:]
-                    if str(v.version) not in aliased and (model.name, str(v.version)) not in also_keep]
+                    if str(v.version) not in spared and (model.name, str(v.version)) not in also_keep]
     return retired
 
 
