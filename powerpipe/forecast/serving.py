@@ -159,13 +159,16 @@ def load_pyfunc(local_path: str | os.PathLike):
     workers) would come from the model's temporary folder, where the report templates are not
     (``TemplateNotFound: offline_report.html.j2``). The loaded model keeps the classes it was unpickled with.
     """
-    own = {name: module for name, module in sys.modules.items() if name == "powerpipe" or name.startswith("powerpipe.")}
+    def ours(name: str) -> bool:
+        return name == "powerpipe" or name.startswith("powerpipe.")
+
+    own = {name: module for name, module in sys.modules.items() if ours(name)}
     path = list(sys.path)
     try:
         return mlflow.pyfunc.load_model(str(local_path))
     finally:
         sys.path[:] = path
-        for name in [n for n in sys.modules if (n == "powerpipe" or n.startswith("powerpipe.")) and n not in own]:
+        for name in [n for n in sys.modules if ours(n) and n not in own]:
             del sys.modules[name]  # imported from the model's copy: the next import finds our own
         sys.modules.update(own)
 

@@ -134,9 +134,10 @@ def collect_garbage(outputs_dir: str | os.PathLike, tracking_uri: str, keep_runs
                 report.notes.append(f"pipeline run {run.run_id} is still RUNNING: kept")
         report.kept = [run.run_id for run in kept]
         ours = {r.info.run_id for run in runs.values() for r in ([run.parent] if run.parent else []) + run.children}
-        retired = _retired_versions(client, keep_versions, also_keep, ours) if keep_versions is not None else []
+        versions = _every(client.search_model_versions) if client is not None else []  # listed once, used twice
+        retired = _retired_versions(client, versions, keep_versions, also_keep, ours) if keep_versions else []
         report.deleted_versions = [f"{v.name}/{v.version}" for v in retired]
-        protected_runs, protected_models = _protected(client, kept, report,
+        protected_runs, protected_models = _protected(client, versions, kept, report,
                                                       skip={(v.name, str(v.version)) for v in retired})
         report.protected_runs = protected_runs
 
@@ -249,7 +250,8 @@ def _maybe_alive(parent) -> bool:
     return tracking._runner_alive(run_tags)
 
 
-def _retired_versions(client, keep_versions: int, also_keep: frozenset[tuple[str, str]], ours: set[str]) -> list:
+def _retired_versions(client, all_versions: list, keep_versions: int, also_keep: frozenset[tuple[str, str]],
+                      ours: set[str]) -> list:
     """The registered versions made from the pipeline runs' own runs (``ours``: never another project's
     model in a shared store) beyond the newest ``keep_versions`` of each model, except those an alias
     points at, the holder before each alias's current one (what ``rollback`` goes back to), and
@@ -263,8 +265,8 @@ def _retired_versions(client, keep_versions: int, also_keep: frozenset[tuple[str
         spared = {str(version) for version in (model.aliases or {}).values()}
         spared |= {str(before) for alias, version in (model.aliases or {}).items()
                    if (before := previous_holder(client, model.name, alias, str(version)))}
-        versions = sorted((v for v in _every(client.search_model_versions, f"name = '{model.name}'")
-                           if v.run_id in ours), key=lambda v: int(v.version), reverse=True)
+        versions = sorted((v for v in all_versions if v.name == model.name and v.run_id in ours),
+                          key=lambda v: int(v.version), reverse=True)
         retired += [v for v in versions[keep_versions:]
                     if str(v.version) not in spared and (model.name, str(v.version)) not in also_keep]
     return retired
@@ -281,14 +283,14 @@ def _every(search, filter_string: str | None = None) -> list:
             return found
 
 
-def _protected(client, kept: list[_PipelineRun], report: GcReport,
+def _protected(client, versions: list, kept: list[_PipelineRun], report: GcReport,
                skip: set[tuple[str, str]] = frozenset()) -> tuple[dict[str, str], set[str]]:
     """Run ids never deleted (with why), and the logged model ids behind registered versions (those in
     ``skip``, about to be deleted, protect nothing)."""
     protected: dict[str, str] = {}
     models: set[str] = set()
     if client is not None:
-        for version in _every(client.search_model_versions):
+        for version in versions:
             if (version.name, str(version.version)) in skip:
                 continue
             if version.run_id:
