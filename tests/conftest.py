@@ -30,9 +30,15 @@ from powerpipe.core import paths, tags
 SHARED_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "germany.csv"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n``), the tests on one session fixture's results run in one worker, so that
-    the fixture (the smoke pipeline, the Airflow deployment) is made once, not once per worker."""
+    the fixture (the smoke pipeline, the Airflow deployment) is made once, not once per worker.
+
+    First: xdist's own hook turns the marks into the ``@group`` suffix of each test id, which is what its
+    scheduler reads; a mark added after that is ignored (then each worker made its own smoke run). And
+    pytest 9.2 ignores that suffix (pytest-xdist#1386): requirements-dev.txt pins pytest 9.1.1.
+    """
     for item in items:
         for fixture, group in (("smoke_run", "smoke"), ("airflow_bin", "airflow")):
             if fixture in getattr(item, "fixturenames", ()):

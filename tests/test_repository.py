@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -83,3 +85,46 @@ def test_no_class_over_150_lines():
             for path in _sources() for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150]
     assert not long, f"classes over 150 lines: {long}"
+
+
+TOY_CONFTEST = '''
+import os
+
+import pytest
+
+from tests.conftest import pytest_collection_modifyitems  # noqa: F401 - the hook under test
+
+
+def made(what):
+    with open(os.environ["MADE"], "a") as record:
+        record.write(f"{what} {os.getpid()}\\n")
+
+
+@pytest.fixture(scope="session")
+def smoke_run():
+    made("smoke")
+
+
+@pytest.fixture(scope="session")
+def airflow_bin():
+    made("airflow")
+'''
+TOY_TESTS = "\n".join(
+    [f"def test_on_smoke_{n}(smoke_run):\n    pass\n" for n in range(6)]
+    + [f"def test_on_airflow_{n}(airflow_bin):\n    pass\n" for n in range(6)]
+    + [f"def test_plain_{n}():\n    __import__('time').sleep(0.1)\n" for n in range(6)])
+
+
+def test_the_readme_command_makes_each_session_fixture_once_not_once_per_worker(tmp_path):
+    # The README's `-n 2 --dist loadgroup`: conftest groups the tests on the smoke run and on the Airflow
+    # deployment, each group in one worker (its marks must exist before xdist reads them).
+    (tmp_path / "conftest.py").write_text(TOY_CONFTEST)
+    (tmp_path / "test_toy.py").write_text(TOY_TESTS)
+    made = tmp_path / "made.txt"
+    env = {**os.environ, "MADE": str(made), "PYTHONPATH": str(paths.PROJECT_ROOT)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-q",
+                             "-p", "no:cacheprovider", "-o", "addopts=", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "18 passed" in result.stdout, result.stdout
+    assert sorted(line.split()[0] for line in made.read_text().splitlines()) == ["airflow", "smoke"]
