@@ -10,8 +10,10 @@ elsewhere): about 40 s the first time, nothing after; other constraints make ano
   (LocalExecutor), a dag-processor and an api-server, in a temporary AIRFLOW_HOME with a SQLite
   database, on a loopback port picked at run time; every process it started (and theirs) is stopped
   when the module ends, passed or failed. Its ``POWERPIPE_*`` defaults are a tiny project whose one
-  grid point fails once: unpausing the DAG runs the latest week on it at once (seconds). The smoke
-  pipeline is a triggered run. The DAG's tasks run the project's interpreter (this test's), never
+  grid point fails once: unpausing the DAG runs the latest week on it at once (seconds). A triggered
+  run goes through every stage (process, a grid, compare, promote, report) of the same tiny project: the
+  DAG's work is the same as for the smoke pipeline, without minutes of model fitting (the smoke pipeline
+  itself is tested in tests/test_pipeline.py). The DAG's tasks run the project's interpreter (this test's), never
   Airflow's.
 """
 
@@ -307,6 +309,17 @@ class FlakyProject:
                        "promote": {"metric": "rmse", "model_name": "FlakyModel"}}}))
         self.data = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"), root / "small.csv")
         self.outputs = root / "outputs"
+        # Every stage, as the smoke pipeline has them, around the same notebook (levels that never fail).
+        self.every_stage = root / "every_stage.yaml"
+        self.every_stage.write_text(yaml.safe_dump({
+            "experiment": "airflow_every_stage", "root": ".",
+            "stages": {
+                "process": {"notebook": str(paths.NOTEBOOKS_DIR / "make_processed_data.ipynb"),
+                            "parameters": {"start_date": "2016-06-01", "eda_plots": False}},
+                "train": [{"notebook": "flaky.ipynb", "grid": {"level": [0.0, 2.0]}}],
+                "compare": {"notebook": str(paths.NOTEBOOKS_DIR / "compare_runs.ipynb")},
+                "promote": {"metric": "rmse", "model_name": "EveryStageModel", "alias": "production"},
+                "report": {"notebook": str(paths.REPORT_TEMPLATES_DIR / "weekly_report.ipynb")}}}))
 
 
 @pytest.fixture(scope="module")
@@ -489,22 +502,22 @@ def test_a_broken_config_fails_the_start_task_at_once_not_the_dag_import(deploym
     assert deployment.query("SELECT count(*) FROM import_error") == [(0,)]
 
 
-def test_a_triggered_run_runs_the_smoke_pipeline_one_task_per_grid_point(deployment, tmp_path):
-    # As docs/running-every-week.md tries it: the smoke pipeline on synthetic data (a smaller data file
-    # saves nothing measurable: the time goes into starting processes and kernels, not into fitting).
+def test_a_triggered_run_runs_every_stage_one_task_per_grid_point(deployment, flaky, tmp_path):
+    # As docs/running-every-week.md tries it (there with the smoke pipeline): a run triggered with its
+    # own config, data and outputs, through every stage.
     outputs = tmp_path / "outputs"
-    conf = {"config": str(paths.SMOKE_CONFIG), "data": "synthetic", "outputs": str(outputs)}
-    triggered = deployment.airflow("dags", "trigger", DAG_ID, "--run-id", "smoke", "--conf", json.dumps(conf))
+    conf = {"config": str(flaky.every_stage), "data": str(flaky.data), "outputs": str(outputs)}
+    triggered = deployment.airflow("dags", "trigger", DAG_ID, "--run-id", "triggered", "--conf", json.dumps(conf))
     assert triggered.returncode == 0, explain(triggered)
     # Queued behind the run unpausing made (max_active_runs=1), if that one is still going.
-    state = deployment.wait_for("smoke", timeout=RUN_TIMEOUT_SECONDS)
-    assert state == "success", deployment.explain("smoke")
+    state = deployment.wait_for("triggered", timeout=RUN_TIMEOUT_SECONDS)
+    assert state == "success", deployment.explain("triggered")
 
-    points = list_points(paths.SMOKE_CONFIG)
+    points = list_points(flaky.every_stage)
     run_dir, summary = the_run(outputs)
     assert summary["status"] == "ok", json.dumps(summary, indent=2)
     trained = [p for p in summary["grid_points"] if p["stage"] == "train"]
-    assert len(trained) == len(points) and all(p["status"] == "ok" for p in trained)
+    assert len(trained) == len(points) == 2 and all(p["status"] == "ok" for p in trained)
     assert {"process", "train", "compare", "report"} <= {p["stage"] for p in summary["grid_points"]}
     report = run_dir / tags.REPORT_ARTIFACT_DIR / tags.REPORT_HTML_NAME
     assert report.is_file()
@@ -517,23 +530,23 @@ def test_a_triggered_run_runs_the_smoke_pipeline_one_task_per_grid_point(deploym
                                   f"tags.`{tags.MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}' and "
                                   + tags.equals(tags.STAGE, "train"))
     assert len(children) == len(points) and all(c.info.status == "FINISHED" for c in children)
-    production = client.get_model_version_by_alias("BestModel", "production")
+    production = client.get_model_version_by_alias("EveryStageModel", "production")
     assert summary["promoted"]["version"] == str(production.version)
     assert production.run_id == summary["promoted"]["run_id"]
 
-    instances = deployment.task_instances("smoke")
+    instances = deployment.task_instances("triggered")
     assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in instances), instances
     assert sorted(ti["point"] for ti in instances if ti["task_id"] == "train") == sorted(points)
     # Every task parsed the DAG file again when it started: a fraction of a second (it took seconds when
     # parsing listed the grid points with the project's interpreter).
     parses = [json.loads(line)["dag_file_parse_ms"]
-              for log in (deployment.home / "logs" / f"dag_id={DAG_ID}" / "run_id=smoke").rglob("*.log")
+              for log in (deployment.home / "logs" / f"dag_id={DAG_ID}" / "run_id=triggered").rglob("*.log")
               for line in log.read_text().splitlines() if "Worker startup parse complete" in line]
     assert len(parses) == len(instances) and max(parses) < 2000, parses
 
     # What an operator sees through the api-server: the run, and the finish task's log naming the
     # run's summary.json and report (docs/running-every-week.md).
-    assert deployment.api(f"/api/v2/dags/{DAG_ID}/dagRuns/smoke")["state"] == "success"
-    log = deployment.api(f"/api/v2/dags/{DAG_ID}/dagRuns/smoke/taskInstances/finish/logs/1")
+    assert deployment.api(f"/api/v2/dags/{DAG_ID}/dagRuns/triggered")["state"] == "success"
+    log = deployment.api(f"/api/v2/dags/{DAG_ID}/dagRuns/triggered/taskInstances/finish/logs/1")
     text = json.dumps(log)
     assert f"summary:  {run_dir / tags.SUMMARY_ARTIFACT}" in text and f"report:   {report}" in text, text[-3000:]
