@@ -27,23 +27,11 @@ import pytest
 from powerpipe.forecast import data
 from powerpipe.core import paths, tags
 
+from .xdist_groups import pytest_collection_modifyitems  # noqa: F401 - a hook: pytest finds it here
+
 SHARED_DATA = paths.PROJECT_ROOT.parent / "shared" / "data" / "germany.csv"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``-n``), the tests on one session fixture's results run in one worker, so that
-    the fixture (the smoke pipeline, the Airflow deployment) is made once, not once per worker.
-
-    First: xdist's own hook turns the marks into the ``@group`` suffix of each test id, which is what its
-    scheduler reads; a mark added after that is ignored (then each worker made its own smoke run). And
-    pytest 9.2 ignores that suffix (pytest-xdist#1386): requirements-dev.txt pins pytest 9.1.1.
-    """
-    for item in items:
-        for fixture, group in (("smoke_run", "smoke"), ("airflow_bin", "airflow")):
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
 
 
 def make_notebook(path: Path, parameters: str | None, *cells: str) -> Path:

@@ -122,6 +122,58 @@ def test_a_kernel_is_replaced_after_its_uses_or_once_its_memory_passes_the_limit
         cramped.kill_all()
 
 
+class _CountedKernel:
+    """Stands in for a kernel: the pool's policy is under test, not Jupyter."""
+
+    uses = 0
+
+    def alive(self) -> bool:
+        return True
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_run_of_one_notebook_warms_one_kernel_not_one_per_job():
+    import threading
+
+    from powerpipe.execution.lease import KernelLease, KernelSettings
+    from powerpipe.execution.local import KernelPool
+
+    class CountingLease(KernelLease):
+        started = 0
+
+        def start(self):
+            CountingLease.started += 1
+            return _CountedKernel()
+
+    def kernels_for(jobs: int, warm_ahead: int | None, tasks: int) -> int:
+        CountingLease.started = 0
+        pool = KernelPool(jobs, CountingLease(KernelSettings(env=(), warmup=None)), warm_ahead)
+        together = threading.Barrier(tasks, timeout=10)  # each task waits for the others: one thread each
+        futures = [pool.submit(lambda kernel: (together.wait(), True)) for _ in range(tasks)]
+        for future in futures:
+            future.result(timeout=10)
+        pool.close()
+        return CountingLease.started
+
+    assert kernels_for(jobs=4, warm_ahead=1, tasks=1) == 1  # one notebook declared: one kernel
+    assert kernels_for(jobs=4, warm_ahead=None, tasks=1) == 4  # no plan: every job warms ahead
+    assert kernels_for(jobs=4, warm_ahead=1, tasks=2) == 2  # a second task its plan did not count still runs
+
+
+def test_a_run_plans_its_steps_trials_and_refit():
+    from powerpipe.run.session import planned_notebooks
+    from powerpipe.spec.config import load_config
+    from powerpipe.spec.steps import build_steps
+
+    smoke = load_config(paths.SMOKE_CONFIG)
+    assert planned_notebooks(smoke, build_steps(smoke)) == 1 + 6 + 1 + 1 + 1  # process, grid, compare, report, refit
+
+
 def test_failed_notebook_kernel_is_not_reused(tmp_path, notebooks):
     kernel = kernels.Kernel()
     try:

@@ -92,7 +92,7 @@ import os
 
 import pytest
 
-from tests.conftest import pytest_collection_modifyitems  # noqa: F401 - the hook under test
+from tests.xdist_groups import pytest_collection_modifyitems  # noqa: F401 - the hook under test
 
 
 def made(what):

@@ -33,11 +33,12 @@ class Executor(Protocol):
 
 
 def make_executor(kind: str, *, jobs: int, notebooks: list[Path], tracking_uri: str, reuse_kernels: bool,
-                  scheduler: str | None = None, shared_paths: list[Path] = ()) -> Executor:
+                  scheduler: str | None = None, shared_paths: list[Path] = (), planned: int | None = None) -> Executor:
     """The executor for ``--executor kind``; kernels (or a cluster) start with its first task.
 
     ``shared_paths``: what Dask workers must see at the same path (the run folder, the data, the
-    notebooks); checked on every worker before anything runs.
+    notebooks); checked on every worker before anything runs. ``planned``: how many notebooks the run
+    declares; no more local kernels than that are warmed ahead (one more starts if a task needs it).
     """
     from powerpipe.spec.parameterize import notebook_imports
     from powerpipe.execution.lease import KernelLease, KernelSettings, threads_per_kernel
@@ -55,4 +56,4 @@ def make_executor(kind: str, *, jobs: int, notebooks: list[Path], tracking_uri: 
 
     jobs = max(1, jobs)
     settings = KernelSettings.for_threads(threads_per_kernel(jobs), modules, tracking_uri, reuse_kernels)
-    return LocalExecutor(jobs, KernelLease(settings, reuse=reuse_kernels))
+    return LocalExecutor(jobs, KernelLease(settings, reuse=reuse_kernels), warm_ahead=planned)

@@ -20,15 +20,18 @@ class KernelPool:
     """``jobs`` worker threads, each holding one kernel through the lease, started with the first task.
 
     ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``. Kernels start with the first
-    task, not before: a fully cached run starts none.
+    task, not before: a fully cached run starts none. Then ``warm_ahead`` of them (all by default) warm up
+    at once, ready for the tasks to come; the others start with a task of their own, so that a run of
+    one notebook does not pay for ``jobs`` kernels.
     """
 
-    def __init__(self, jobs: int, lease: KernelLease):
+    def __init__(self, jobs: int, lease: KernelLease, warm_ahead: int | None = None):
         self.lease = lease
+        self._warm_ahead = max(1, jobs if warm_ahead is None else min(jobs, warm_ahead))
         self._tasks: queue.Queue = queue.Queue()
         self._closing = False
         self._wanted = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"powerpipe-worker-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"powerpipe-worker-{i}", daemon=True)
                          for i in range(max(1, jobs))]
         for thread in self._threads:
             thread.start()
@@ -39,10 +42,10 @@ class KernelPool:
         self._wanted.set()
         return future
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         kernel = None
         self._wanted.wait()
-        if self.lease.reuse and not self._closing:
+        if self.lease.reuse and not self._closing and index < self._warm_ahead:
             try:
                 kernel = self.lease.start()  # warm before the task reaches this thread
             except KernelError as exc:
@@ -96,8 +99,8 @@ class KernelPool:
 class LocalExecutor:
     """Runs notebook tasks on this machine's pool of warm kernels."""
 
-    def __init__(self, jobs: int, lease: KernelLease):
-        self.pool = KernelPool(jobs, lease)
+    def __init__(self, jobs: int, lease: KernelLease, warm_ahead: int | None = None):
+        self.pool = KernelPool(jobs, lease, warm_ahead)
 
     def run(self, task: NotebookTask) -> TaskOutcome:
         try:

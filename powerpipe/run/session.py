@@ -95,7 +95,7 @@ def prepare(options, on_step=None, scheduled: bool = False, executor=None):
         if shared_executor is not None:
             executor = shared_executor
         elif not scheduled:  # a cluster that cannot see the run folder fails here, before any run is logged
-            executor = executor_for(options, notebooks, uri, run_dir, source)
+            executor = executor_for(options, notebooks, uri, run_dir, source, planned=planned_notebooks(config, steps))
         tracking.enable_sqlite_wal(uri)
         client = mlflow.MlflowClient(uri)
         experiment_id = tracking.ensure_experiment(client, config.experiment, uri)
@@ -138,10 +138,19 @@ def last_durations(outputs: Path, exclude: str = "", runs: int = 5) -> dict[str,
     return durations
 
 
-def executor_for(options, notebooks: list[Path], uri: str, run_dir: Path, source, jobs: int | None = None):
+def executor_for(options, notebooks: list[Path], uri: str, run_dir: Path, source, jobs: int | None = None,
+                 planned: int | None = None):
     return make_executor(options.executor, jobs=jobs or options.jobs, notebooks=notebooks, tracking_uri=uri,
                          reuse_kernels=options.reuse_kernels, scheduler=options.scheduler,
-                         shared_paths=[run_dir, source.path, *notebooks])
+                         shared_paths=[run_dir, source.path, *notebooks], planned=planned)
+
+
+def planned_notebooks(config: PipelineConfig, steps: list[Step]) -> int:
+    """The notebooks a run declares: its steps (a search counts its trials) and the refit, if it may refit.
+    (The production model's configuration retrained beside the grid is not counted: it is rare, and its
+    kernel starts when it comes.)"""
+    refit = config.promote is not None and config.promote.refit is not False
+    return sum(step.executions for step in steps) + int(refit)
 
 
 def notebook_hashes(notebooks: list[Path]) -> dict[Path, tuple[str, str]]:
