@@ -87,3 +87,24 @@ def test_full_disk_while_saving_raises_stops_the_kernel_and_keeps_the_last_whole
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     psutil.wait_procs(started, timeout=10)
     assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_glue_writes_what_scrapbook_writes_without_importing_it(monkeypatch):
+    import subprocess
+
+    import IPython.display
+    import scrapbook
+
+    from powerpipe.tracking import store
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *args, **kwargs: shown.append((args, kwargs)))
+    metrics = {"rmse": 1.25, "r2": 0.5, "n": 3}
+    scrapbook.glue("metrics", metrics, display=False)
+    store.glue("metrics", metrics)
+    assert len(shown) == 2 and shown[0] == shown[1]  # the same output, so scrapbook.read_notebook reads ours
+    # ... and a kernel recording metrics no longer imports scrapbook, papermill, nbformat or jsonschema
+    code = ("import sys\nfrom powerpipe.tracking import store\nstore.glue('metrics', {'rmse': 1.0})\n"
+            "print(sorted(m for m in ('scrapbook', 'papermill', 'nbformat', 'jsonschema') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

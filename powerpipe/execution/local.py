@@ -17,41 +17,56 @@ log = logging.getLogger(__name__)
 
 
 class KernelPool:
-    """``jobs`` worker threads, each holding one kernel through the lease, started with the first task.
+    """Up to ``jobs`` worker threads, each holding one kernel through the lease.
 
     ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``. Kernels start with the first
-    task, not before: a fully cached run starts none. Then ``warm_ahead`` of them (all by default) warm up
-    at once, ready for the tasks to come; the others start with a task of their own, so that a run of
-    one notebook does not pay for ``jobs`` kernels.
+    task, not before: a fully cached run starts none. Then ``warm_ahead`` threads (``jobs`` by default)
+    warm their kernels at once, ready for the tasks to come. The others are started only when a task
+    finds every thread busy, and start their kernel with it: a run of one notebook does not pay for
+    ``jobs`` kernels, and never a cold kernel while a warm one is idle.
     """
 
     def __init__(self, jobs: int, lease: KernelLease, warm_ahead: int | None = None):
         self.lease = lease
-        self._warm_ahead = max(1, jobs if warm_ahead is None else min(jobs, warm_ahead))
+        self.jobs = max(1, jobs)
         self._tasks: queue.Queue = queue.Queue()
         self._closing = False
         self._wanted = threading.Event()
-        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"powerpipe-worker-{i}", daemon=True)
-                         for i in range(max(1, jobs))]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a task
+        self._threads: list[threading.Thread] = []
+        for _ in range(max(1, self.jobs if warm_ahead is None else min(self.jobs, warm_ahead))):
+            self._spawn(warm=True)
+
+    def _spawn(self, warm: bool) -> None:
+        thread = threading.Thread(target=self._work, args=(warm,), name=f"powerpipe-worker-{len(self._threads)}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def submit(self, fn: Callable) -> Future:
         future: Future = Future()
-        self._tasks.put((future, fn))
+        with self._lock:
+            self._tasks.put((future, fn))
+            if self._idle < self._tasks.qsize() and len(self._threads) < self.jobs and self._wanted.is_set():
+                self._spawn(warm=False)  # every thread is busy: one more, cold, for this task
         self._wanted.set()
         return future
 
-    def _work(self, index: int) -> None:
+    def _work(self, warm: bool) -> None:
         kernel = None
         self._wanted.wait()
-        if self.lease.reuse and not self._closing and index < self._warm_ahead:
+        if warm and self.lease.reuse and not self._closing:
             try:
                 kernel = self.lease.start()  # warm before the task reaches this thread
             except KernelError as exc:
                 log.warning("%s", exc)
         while True:
+            with self._lock:
+                self._idle += 1
             item = self._tasks.get()
+            with self._lock:
+                self._idle -= 1
             if item is None or self._closing:
                 if item is not None:
                     item[0].cancel()
@@ -75,9 +90,12 @@ class KernelPool:
         if not self._wanted.is_set():  # never used: no kernel was started
             self._closing = True
             self._wanted.set()
-        for _ in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+            self.jobs = len(threads)  # no thread is started any more
+        for _ in threads:
             self._tasks.put(None)
-        for thread in self._threads:
+        for thread in threads:
             thread.join()
 
     def kill(self) -> None:
@@ -92,7 +110,10 @@ class KernelPool:
             if item is not None:
                 item[0].cancel()
         self.lease.kill_all()
-        for _ in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+            self.jobs = len(threads)
+        for _ in threads:
             self._tasks.put(None)
 
 

@@ -133,10 +133,10 @@ def report(value: float, step: int) -> None:
     trial.report(float(value), int(step))
     if trial.should_prune():
         import optuna
-        import scrapbook
 
-        scrapbook.glue(PRUNED_SCRAP, {"trial": trial.number, "step": int(step), "value": float(value)},
-                       display=False)
+        from powerpipe.tracking.store import glue
+
+        glue(PRUNED_SCRAP, {"trial": trial.number, "step": int(step), "value": float(value)})
         raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step}: {float(value):.4g} is worse "
                                  "than the median of the earlier trials at this step")
 
