@@ -24,6 +24,7 @@ OK, FAILED, SKIPPED, CACHED, KILLED, PRUNED = (Status.OK, Status.FAILED, Status.
                                                Status.KILLED, Status.PRUNED)
 DONE = (OK, CACHED)
 SETTLED = (*DONE, PRUNED)  # nothing went wrong
+INTERRUPTED = "interrupted"  # the error of a run whose pipeline was stopped (Ctrl-C, SIGTERM): it ends KILLED
 
 
 class Stage(StrEnum):

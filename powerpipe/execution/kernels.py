@@ -149,6 +149,7 @@ class Kernel:
         self.km = kernel_manager_class(env, self.stderr_path)(kernel_name=KERNEL_NAME)
         self.kc = None
         self.uses = 0
+        self.stopped = False  # killed because the pipeline is stopping (Ctrl-C, SIGTERM), not by its notebook
         self.lock = threading.Lock()
         try:
             self.km.start_kernel()

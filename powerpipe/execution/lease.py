@@ -105,5 +105,6 @@ class KernelLease:
             doomed = list(self._live)
             self._live.clear()
         for kernel in doomed:
+            kernel.stopped = True  # its notebook's run is KILLED (interrupted), not FAILED
             kernel.shutdown()
         return len(doomed)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from powerpipe.core import tags
+from powerpipe.core.constants import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +193,20 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
             raise fatal from None
         log.exception("%s: could not run or record the notebook", task.label)
         ok, error, reusable, metrics, pruned = False, f"{type(exc).__name__}: {exc}", False, {}, False
+    # Its kernel killed because the pipeline is stopping: KILLED as the runner marks the others, not a
+    # FAILED grid point (whichever of the two ends the run first, it ends the same).
+    interrupted = not ok and not pruned and getattr(kernel, "stopped", False)
     if pruned:  # FINISHED (it ended as meant to), never cached: its result is a partial one
         client.set_tag(run_id, tags.SEARCH_PRUNED, tags.flag(True))
         ok, error = False, error or "pruned"
+    elif interrupted:
+        error = INTERRUPTED
+        client.set_tag(run_id, tags.ERROR, error)
     elif not ok:
         client.set_tag(run_id, tags.ERROR, error[:5000])
     elif task.cache_key:
         client.set_tag(run_id, tags.CACHE_KEY, task.cache_key)
-    client.set_terminated(run_id, "FINISHED" if ok or pruned else "FAILED")
+    client.set_terminated(run_id, "FINISHED" if ok or pruned else "KILLED" if interrupted else "FAILED")
     # The grid point's whole cost: its MLflow bookkeeping as well as the notebook.
     outcome = TaskOutcome(run_id=run_id, ok=ok, metrics=metrics, seconds=round(time.perf_counter() - started, 3),
                           error=error, output_notebook=str(output), pruned=pruned)

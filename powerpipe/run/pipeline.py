@@ -17,6 +17,7 @@ from typing import Callable
 
 from powerpipe.forecast import data as data_module
 from powerpipe.core import tags
+from powerpipe.core.constants import INTERRUPTED
 from powerpipe.spec.config import PipelineConfig
 from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError
 from powerpipe.execution.executor import wait
@@ -111,7 +112,7 @@ class Pipeline:
         self.runner.close(kill=status == KILLED or fatal is not None)  # Ctrl-C or a crash: kernels killed at once
         if store_ok:  # interrupted, or a (Dask) attempt whose worker died: its run must not stay RUNNING
             self.recorder.end_running_children(
-                "interrupted" if status == KILLED else str(fatal) if fatal else "left open when the pipeline "
+                INTERRUPTED if status == KILLED else str(fatal) if fatal else "left open when the pipeline "
                 "ended (its worker died before the notebook finished; the grid point ran again or failed)")
         from powerpipe.run.watch import summary_keys
 
