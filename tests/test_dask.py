@@ -92,6 +92,38 @@ def test_waiting_on_dask_tasks_that_end_as_the_poll_times_out_loses_no_result():
                 for seconds in durations] == durations
 
 
+def test_a_task_the_stop_cancelled_ends_killed_not_failed_and_a_finished_attempt_stays(tmp_path):
+    import mlflow
+
+    from powerpipe.core.constants import INTERRUPTED
+    from powerpipe.execution.dask_cluster import interrupted_outcome
+    from powerpipe.execution.tasks import NotebookTask
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("stopped")
+
+    def attempt(key: str, status: str | None) -> str:
+        run_id = client.create_run(experiment_id, tags={tags.DASK_KEY: key}).info.run_id
+        if status:
+            client.set_terminated(run_id, status)
+        return run_id
+
+    def task(label: str) -> NotebookTask:
+        return NotebookTask(notebook="n.ipynb", stage="train", label=label, output_notebook=str(tmp_path / label),
+                            parameters={}, shown={}, tags={}, tracking_uri=uri, experiment_id=experiment_id,
+                            experiment_name="stopped", cache_key="")
+
+    running = attempt("notebook-a", None)
+    outcome = interrupted_outcome(task("a"), "notebook-a")
+    assert (outcome.ok, outcome.error, outcome.run_id) == (False, INTERRUPTED, running)
+    assert client.get_run(running).info.status == "KILLED"
+    assert client.get_run(running).data.tags[tags.ERROR] == INTERRUPTED
+    done = attempt("notebook-b", "FINISHED")  # its worker ended it before the stop reached the runner
+    interrupted_outcome(task("b"), "notebook-b")
+    assert client.get_run(done).info.status == "FINISHED"
+
+
 # -- a tracking server and a cluster, started here ---------------------------------------------------
 
 @pytest.fixture(scope="module")

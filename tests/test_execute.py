@@ -99,7 +99,9 @@ def test_glue_writes_what_scrapbook_writes_without_importing_it(monkeypatch):
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *args, **kwargs: shown.append((args, kwargs)))
-    metrics = {"rmse": 1.25, "r2": 0.5, "n": 3}
+    import numpy as np
+
+    metrics = {"rmse": 1.25, "r2": 0.5, "n": 3, "mae": np.float32(0.5)}  # numpy scalars pass as scrapbook's do
     scrapbook.glue("metrics", metrics, display=False)
     store.glue("metrics", metrics)
     assert len(shown) == 2 and shown[0] == shown[1]  # the same output, so scrapbook.read_notebook reads ours

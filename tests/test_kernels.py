@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
@@ -148,6 +149,7 @@ def test_a_run_of_one_notebook_warms_one_kernel_not_one_per_job():
 
         def start(self):
             CountingLease.started += 1
+            time.sleep(0.2)  # a kernel takes a while to warm up: tasks may come meanwhile
             return _CountedKernel()
 
     def kernels_for(jobs: int, warm_ahead: int | None, tasks: int) -> int:
@@ -163,6 +165,16 @@ def test_a_run_of_one_notebook_warms_one_kernel_not_one_per_job():
     assert kernels_for(jobs=4, warm_ahead=1, tasks=1) == 1  # one notebook declared: one kernel
     assert kernels_for(jobs=4, warm_ahead=None, tasks=1) == 4  # no plan: every job warms ahead
     assert kernels_for(jobs=4, warm_ahead=1, tasks=2) == 2  # a second task its plan did not count still runs
+    assert kernels_for(jobs=4, warm_ahead=2, tasks=2) == 2  # both come while the two warm up: no third one
+
+
+def test_a_task_given_to_a_stopped_pool_is_cancelled_not_left_waiting():
+    from powerpipe.execution.lease import KernelLease, KernelSettings
+    from powerpipe.execution.local import KernelPool
+
+    pool = KernelPool(2, KernelLease(KernelSettings(env=(), warmup=None), reuse=False))
+    pool.close()
+    assert pool.submit(lambda kernel: (1, True)).cancelled()
 
 
 def test_a_run_plans_its_steps_trials_and_refit():

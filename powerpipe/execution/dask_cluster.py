@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from powerpipe.core import tags
+from powerpipe.core.constants import INTERRUPTED
 from powerpipe.core.exceptions import DaskExecutorError
 from powerpipe.execution.tasks import NotebookTask, TaskOutcome, finished_outcome, store_client
 from powerpipe.execution.lease import KernelLease, KernelSettings, threads_per_kernel
@@ -189,6 +190,20 @@ def run_task_on_worker(task: NotebookTask, key: str, modules: list[str], reuse_k
 
 # -- on the runner ----------------------------------------------------------------------------------
 
+def interrupted_outcome(task: NotebookTask, key: str) -> TaskOutcome:
+    """A task the stop cancelled: its attempts' runs still RUNNING end KILLED (interrupted), as the runner
+    marks the others; a run its worker ended already keeps its status."""
+    try:
+        client = store_client(task.tracking_uri)
+        runs = _runs_of(client, task, key)
+        _close_attempts(client, runs, INTERRUPTED, last_failed=False)
+    except Exception as exc:  # noqa: BLE001 - boundary: stopping anyway; the runner marks what is left RUNNING
+        log.debug("%s: could not mark its run KILLED: %s", task.label, exc)
+        runs = []
+    return TaskOutcome(run_id=runs[-1].info.run_id if runs else "", ok=False, error=INTERRUPTED,
+                       output_notebook=task.output_notebook)
+
+
 def _set_log_levels(levels: dict[str, int]) -> None:
     """Give worker processes the runner's log levels (run on a LocalCluster the runner started: its terminal)."""
     for name, level in levels.items():
@@ -222,6 +237,7 @@ class DaskExecutor:
         self._futures: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._killing = False  # kill() was called: tasks cancelled from now on were stopped, not failed
         if scheduler:
             try:
                 self.client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
@@ -277,6 +293,8 @@ class DaskExecutor:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - boundary: KilledWorker, CancelledError, a task that raised twice
+            if self._killing:  # cancelled by the stop: its run ends KILLED, as the runner marks the others
+                return interrupted_outcome(task, key)
             return self._failed(task, key, exc)
         finally:
             with self._lock:
@@ -322,6 +340,7 @@ class DaskExecutor:
         """Ctrl-C: cancel every task not finished and kill the kernels running notebooks."""
         if self._closed:
             return
+        self._killing = True
         with self._lock:
             futures = list(self._futures.values())
         if futures:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 from concurrent.futures import Future
 from typing import Callable
@@ -21,100 +21,100 @@ class KernelPool:
 
     ``submit(fn)`` queues ``fn(kernel) -> (result, kernel_reusable)``. Kernels start with the first
     task, not before: a fully cached run starts none. Then ``warm_ahead`` threads (``jobs`` by default)
-    warm their kernels at once, ready for the tasks to come. The others are started only when a task
-    finds every thread busy, and start their kernel with it: a run of one notebook does not pay for
-    ``jobs`` kernels, and never a cold kernel while a warm one is idle.
+    start and warm their kernels at once, ready for the tasks to come. Another thread starts only when a
+    task is queued that no free thread (idle, or still warming up) will take; it starts its kernel with
+    that task. So a run of one notebook does not pay for ``jobs`` kernels, and a cold kernel never
+    starts while a warm one is free.
     """
 
     def __init__(self, jobs: int, lease: KernelLease, warm_ahead: int | None = None):
         self.lease = lease
         self.jobs = max(1, jobs)
-        self._tasks: queue.Queue = queue.Queue()
-        self._closing = False
-        self._wanted = threading.Event()
-        self._lock = threading.Lock()
-        self._idle = 0  # threads waiting for a task
+        self._warm_ahead = max(1, self.jobs if warm_ahead is None else min(self.jobs, warm_ahead))
+        self._changed = threading.Condition()  # guards everything below
+        self._tasks: collections.deque = collections.deque()
+        self._free = 0  # threads started and not running a task
         self._threads: list[threading.Thread] = []
-        for _ in range(max(1, self.jobs if warm_ahead is None else min(self.jobs, warm_ahead))):
-            self._spawn(warm=True)
-
-    def _spawn(self, warm: bool) -> None:
-        thread = threading.Thread(target=self._work, args=(warm,), name=f"powerpipe-worker-{len(self._threads)}",
-                                  daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        self._stopping = False  # close or kill: no new task, threads end when the queue is empty
+        self._closing = False  # kill: no kernel is started any more
 
     def submit(self, fn: Callable) -> Future:
         future: Future = Future()
-        with self._lock:
-            self._tasks.put((future, fn))
-            if self._idle < self._tasks.qsize() and len(self._threads) < self.jobs and self._wanted.is_set():
-                self._spawn(warm=False)  # every thread is busy: one more, cold, for this task
-        self._wanted.set()
+        with self._changed:
+            if self._stopping:  # nothing would run it: say so rather than leave its caller waiting
+                future.cancel()
+                return future
+            self._tasks.append((future, fn))
+            if not self._threads:  # the first task: the warm threads start
+                for _ in range(self._warm_ahead):
+                    self._spawn(warm=True)
+            elif len(self._tasks) > self._free and len(self._threads) < self.jobs:
+                self._spawn(warm=False)  # no free thread for this task: one more, cold
+            self._changed.notify()
         return future
+
+    def _spawn(self, warm: bool) -> None:
+        """Start one more worker thread (called holding the lock)."""
+        thread = threading.Thread(target=self._work, args=(warm,), name=f"powerpipe-worker-{len(self._threads)}",
+                                  daemon=True)
+        self._threads.append(thread)
+        self._free += 1
+        thread.start()
+
+    def _next(self):
+        """The next task for this thread, or None once the pool stops and nothing is queued."""
+        with self._changed:
+            while not self._tasks and not self._stopping:
+                self._changed.wait()
+            if not self._tasks:
+                return None
+            self._free -= 1
+            return self._tasks.popleft()
 
     def _work(self, warm: bool) -> None:
         kernel = None
-        self._wanted.wait()
         if warm and self.lease.reuse and not self._closing:
             try:
                 kernel = self.lease.start()  # warm before the task reaches this thread
             except KernelError as exc:
                 log.warning("%s", exc)
-        while True:
-            with self._lock:
-                self._idle += 1
-            item = self._tasks.get()
-            with self._lock:
-                self._idle -= 1
-            if item is None or self._closing:
-                if item is not None:
-                    item[0].cancel()
-                break
+        while (item := self._next()) is not None:
             future, fn = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                kernel = self.lease.take(kernel)
-                result, reusable = fn(kernel)
-                kernel = self.lease.give_back(kernel, reusable)
-                future.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-                self.lease.retire(kernel)
-                kernel = None
-                future.set_exception(exc)
+            if self._closing:
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    kernel = self.lease.take(kernel)
+                    result, reusable = fn(kernel)
+                    kernel = self.lease.give_back(kernel, reusable)
+                    future.set_result(result)
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                    self.lease.retire(kernel)
+                    kernel = None
+                    future.set_exception(exc)
+            with self._changed:
+                self._free += 1
         self.lease.retire(kernel)
 
     def close(self) -> None:
         """Finish queued work, then stop the workers and their kernels."""
-        if not self._wanted.is_set():  # never used: no kernel was started
-            self._closing = True
-            self._wanted.set()
-        with self._lock:
+        with self._changed:
+            self._stopping = True
             threads = list(self._threads)
-            self.jobs = len(threads)  # no thread is started any more
-        for _ in threads:
-            self._tasks.put(None)
+            self._changed.notify_all()
         for thread in threads:
             thread.join()
 
     def kill(self) -> None:
         """Stop now: cancel all queued work and kill every kernel (Ctrl-C)."""
-        self._closing = True
-        self._wanted.set()
-        while True:  # every queued task is cancelled, so that nobody waits on it for ever
-            try:
-                item = self._tasks.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[0].cancel()
+        with self._changed:
+            self._stopping = self._closing = True
+            queued = list(self._tasks)
+            self._tasks.clear()
+            self._changed.notify_all()
+        for future, _ in queued:  # every queued task is cancelled, so that nobody waits on it for ever
+            future.cancel()
         self.lease.kill_all()
-        with self._lock:
-            threads = list(self._threads)
-            self.jobs = len(threads)
-        for _ in threads:
-            self._tasks.put(None)
 
 
 class LocalExecutor:

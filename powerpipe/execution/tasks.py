@@ -174,6 +174,10 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
         }
         execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
                             render=task.render, kernel=kernel)
+        # Its kernel killed under it because the pipeline is stopping (Ctrl-C, SIGTERM, a fatal error):
+        # KILLED as the runner marks the others, not a FAILED grid point. Read now, before the stop can
+        # come during the bookkeeping of a notebook that failed on its own.
+        interrupted = not execution.ok and getattr(kernel, "stopped", False)
         for path in (execution.output_notebook, execution.output_html):
             if path is not None and path.exists():
                 client.log_artifact(run_id, str(path), artifact_path=tags.NOTEBOOK_ARTIFACT_DIR)
@@ -193,15 +197,14 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
             raise fatal from None
         log.exception("%s: could not run or record the notebook", task.label)
         ok, error, reusable, metrics, pruned = False, f"{type(exc).__name__}: {exc}", False, {}, False
-    # Its kernel killed because the pipeline is stopping: KILLED as the runner marks the others, not a
-    # FAILED grid point (whichever of the two ends the run first, it ends the same).
-    interrupted = not ok and not pruned and getattr(kernel, "stopped", False)
+        interrupted = getattr(kernel, "stopped", False)
+    interrupted = interrupted and not pruned
     if pruned:  # FINISHED (it ended as meant to), never cached: its result is a partial one
         client.set_tag(run_id, tags.SEARCH_PRUNED, tags.flag(True))
         ok, error = False, error or "pruned"
     elif interrupted:
-        error = INTERRUPTED
-        client.set_tag(run_id, tags.ERROR, error)
+        error = f"{INTERRUPTED} ({error})" if error else INTERRUPTED
+        client.set_tag(run_id, tags.ERROR, error[:5000])
     elif not ok:
         client.set_tag(run_id, tags.ERROR, error[:5000])
     elif task.cache_key:

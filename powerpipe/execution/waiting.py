@@ -18,5 +18,6 @@ def wait(future, poll: float = POLL_SECONDS):
     done = threading.Event()
     future.add_done_callback(lambda _: done.set())
     while not done.wait(poll):
-        pass
+        if future.done():  # a Dask client closed meanwhile cancels its futures but may run no callback
+            break
     return future.result()

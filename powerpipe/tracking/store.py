@@ -277,11 +277,9 @@ def glue(name: str, data) -> None:
     """``scrapbook.glue(name, data, encoder="json", display=False)``, written out: the same output, which
     ``scrapbook.read_notebook`` reads. Importing scrapbook cost every kernel 1.5 s (papermill, nbformat, and
     jsonschema compiling its IRI grammars), in each notebook that records a metric."""
-    import json
-
     from IPython.display import display
 
-    payload = {"name": name, "data": json.loads(json.dumps(data)), "encoder": "json", "version": SCRAP_VERSION}
+    payload = {"name": name, "data": data, "encoder": "json", "version": SCRAP_VERSION}
     display({SCRAP_MIMETYPE: payload}, metadata={"scrapbook": {"name": name, "data": True, "display": False}},
             raw=True)
 
