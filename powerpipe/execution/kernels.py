@@ -150,7 +150,8 @@ class Kernel:
         self.kc = None
         self.uses = 0
         self.stopped = False  # killed because the pipeline is stopping (Ctrl-C, SIGTERM), not by its notebook
-        self.lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         try:
             self.km.start_kernel()
             self.kc = self.km.client()
@@ -209,6 +210,14 @@ class Kernel:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def shutdown(self) -> None:
+        """Stop the kernel and close its client, once: a second call (the pool's thread while the stop
+        kills every kernel) waits for the first and returns; two at once hung in zmq's context term."""
+        with self._shutdown_lock:
+            if not self._shut_down:
+                self._shut_down = True
+                self._shutdown()
+
+    def _shutdown(self) -> None:
         # Each step may fail on a half-dead kernel; every later one must still run (broad by design).
         try:
             if self.kc is not None:

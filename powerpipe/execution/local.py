@@ -108,13 +108,15 @@ class KernelPool:
     def kill(self) -> None:
         """Stop now: cancel all queued work and kill every kernel (Ctrl-C)."""
         with self._changed:
-            self._stopping = self._closing = True
+            self._closing = True
             queued = list(self._tasks)
             self._tasks.clear()
-            self._changed.notify_all()
         for future, _ in queued:  # every queued task is cancelled, so that nobody waits on it for ever
             future.cancel()
         self.lease.kill_all()
+        with self._changed:  # only now: the idle threads retire their kernels after the kill, not during it
+            self._stopping = True
+            self._changed.notify_all()
 
 
 class LocalExecutor:
