@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import email.utils
+import functools
 import hashlib
 import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -91,13 +95,30 @@ def _mlflow_tracking_uri_restored():
         os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
+@functools.cache
+def _empty_store_made_once() -> Path:
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="powerpipe-empty-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
+    return folder / "mlflow.db"
+
+
+def empty_store(db: Path) -> str:
+    """A new, empty MLflow store at ``db`` (its URI): a copy of one made once per test process. Making each
+    one cost a second of CPU (MLflow's schema migrations), in the fifty tests that need one; the runner's
+    own making of a store is tested by the smoke run and the tests that pass no store."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_empty_store_made_once(), db)
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A tracking store of this test's own; MLFLOW_TRACKING_URI from outside never leaks in."""
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return uri
+    return empty_store(tmp_path / "store" / "mlflow.db")
 
 
 @pytest.fixture
@@ -162,7 +183,7 @@ class FakeProject:
         self.data_path = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"),
                                               root / "small.csv")
         self.outputs = root / "out"
-        self.tracking_uri = f"sqlite:///{root / 'out' / 'mlflow.db'}"
+        self.tracking_uri = empty_store(root / "out" / "mlflow.db")  # where the runner keeps it (no --tracking-uri)
 
     def config(self, grid: dict, report: bool = False, timeout: float | None = None, name="pipeline.yaml") -> Path:
         import yaml
@@ -193,6 +214,11 @@ class FakeProject:
         import mlflow
 
         return mlflow.MlflowClient(self.tracking_uri)
+
+    def nothing_made(self) -> bool:
+        """The outputs folder as the project began: its empty store, untouched, and nothing else."""
+        return (sorted(p.name for p in self.outputs.iterdir()) == [self.db.name]
+                and self.db.read_bytes() == _empty_store_made_once().read_bytes())
 
     def runs(self, status: str | None = None):
         client = self.client()
@@ -259,6 +285,68 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+class MlflowServer:
+    """`mlflow server` on loopback (SQLite backend, served artifacts) that a test can stop and start again."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.artifacts = folder / "artifacts"
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self) -> None:
+        self.log = open(self.folder / "server.log", "ab")
+        # Without MLflow's job runner: its nine huey pollers used half a core for as long as a server ran
+        # (it runs GenAI jobs, which nothing here asks for).
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(
+            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"mlflow server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the server's own workers too
+            self.process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+        self.log.close()
+
+    def runs(self, status: str) -> int:
+        return count_runs(self.folder / "mlflow.db", status)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One `mlflow server` for the session's tests that only use one (each its own experiment); a test
+    that stops its server starts its own ``MlflowServer``."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    server.start()
+    yield server
+    server.stop()
 
 
 class LoopbackFileServer:

@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,10 +18,7 @@ from powerpipe.core import paths, tags
 from powerpipe.core.exceptions import DaskExecutorError
 from powerpipe.execution.dask_cluster import check_tracking_uri, is_loopback_scheduler
 
-from .conftest import free_port, make_notebook
-
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
+from .conftest import make_notebook
 
 # -- refusals, before anything runs (no cluster needed) ---------------------------------------------
 
@@ -124,39 +118,7 @@ def test_a_task_the_stop_cancelled_ends_killed_not_failed_and_a_finished_attempt
     assert client.get_run(done).info.status == "FINISHED"
 
 
-# -- a tracking server and a cluster, started here ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a SQLite backend and a served artifact root, on loopback."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = open(folder / "server.log", "wb")
-    process = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-    yield {"uri": uri, "artifacts": folder / "artifacts"}
-    os.killpg(process.pid, signal.SIGTERM)  # the server's own workers too
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
-
+# -- a cluster, started here (the tracking server: conftest's `mlflow_server`) ----------------------------
 
 @pytest.fixture
 def cluster(monkeypatch):
@@ -209,7 +171,7 @@ def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_ser
     local_cluster, _ = cluster
     outputs = tmp_path / "shared_outputs"  # every worker of a LocalCluster sees this folder
     code = _run_cli("--config", str(paths.SMOKE_CONFIG), "--data", "synthetic", "--outputs", str(outputs),
-                    "--tracking-uri", mlflow_server["uri"], "--executor", "dask",
+                    "--tracking-uri", mlflow_server.uri, "--executor", "dask",
                     "--scheduler", local_cluster.scheduler_address)
     assert code == 0 == smoke_run["exit_code"]
     remote, local = _summary(outputs), json.loads((smoke_run["run_dir"] / "summary.json").read_text())
@@ -230,7 +192,7 @@ def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_ser
     assert (outputs / remote["pipeline_run_id"] / remote["report"]).is_file()
 
     # the promoted model: the same grid point, registered and aliased on the tracking server
-    client, local_client = mlflow.MlflowClient(mlflow_server["uri"]), mlflow.MlflowClient(smoke_run["tracking_uri"])
+    client, local_client = mlflow.MlflowClient(mlflow_server.uri), mlflow.MlflowClient(smoke_run["tracking_uri"])
     promoted, local_promoted = remote["promoted"], local["promoted"]
     assert promoted["value"] == local_promoted["value"] and promoted["metric"] == local_promoted["metric"]
     run, local_run = client.get_run(promoted["run_id"]), local_client.get_run(local_promoted["run_id"])
@@ -252,7 +214,7 @@ def test_smoke_pipeline_on_dask_matches_the_local_executor(smoke_run, mlflow_ser
             names = {a.path for a in client.list_artifacts(point["mlflow_run_id"], "notebook")}
             assert {f"notebook/{Path(point['output_notebook']).name}",
                     f"notebook/{Path(point['output_notebook']).with_suffix('.html').name}"} <= names
-    assert list(mlflow_server["artifacts"].rglob("MLmodel"))  # model files landed in the server's artifact root
+    assert list(mlflow_server.artifacts.rglob("MLmodel"))  # model files landed in the server's artifact root
 
 
 # -- a worker that dies mid-notebook ------------------------------------------------------------------
@@ -294,11 +256,11 @@ def test_worker_killed_mid_notebook_is_retried_once_elsewhere(mlflow_server, clu
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(code=_run_cli(
         "--config", str(config), "--data", "synthetic", "--outputs", str(outputs), "--tracking-uri",
-        mlflow_server["uri"], "--scheduler", local_cluster.scheduler_address)))
+        mlflow_server.uri, "--scheduler", local_cluster.scheduler_address)))
     runner.start()
 
     # Once a notebook runs on a worker, kill that worker process (SIGKILL: no clean-up of any kind).
-    client = mlflow.MlflowClient(mlflow_server["uri"])
+    client = mlflow.MlflowClient(mlflow_server.uri)
     worker_pids = set(dask_client.run(os.getpid).values())
     victim = None
     deadline = time.monotonic() + 120
@@ -346,7 +308,7 @@ def test_a_notebook_whose_worker_always_dies_is_one_failed_grid_point(mlflow_ser
     config = _worker_config(tmp_path, experiment, "{kill_worker: [false, true]}", seconds=0.0)
     outputs = tmp_path / "outputs"
     code = _run_cli("--config", str(config), "--data", "synthetic", "--outputs", str(outputs), "--tracking-uri",
-                    mlflow_server["uri"], "--executor", "dask", "--scheduler", local_cluster.scheduler_address)
+                    mlflow_server.uri, "--executor", "dask", "--scheduler", local_cluster.scheduler_address)
     assert code == cli.EXIT_FAILED
     summary = _summary(outputs)
     assert summary["status"] == "failed"
@@ -355,7 +317,7 @@ def test_a_notebook_whose_worker_always_dies_is_one_failed_grid_point(mlflow_ser
     assert points[False]["status"] == "ok"
     assert points[True]["status"] == "failed" and "died" in points[True]["error"]
 
-    client = mlflow.MlflowClient(mlflow_server["uri"])
+    client = mlflow.MlflowClient(mlflow_server.uri)
     by_point = _runs_by_point(client, experiment, summary["mlflow_parent_run_id"])
     assert len(by_point) == 2
     healthy, dying = (by_point[key] for key in sorted(by_point))  # '"kill_worker": false' sorts first

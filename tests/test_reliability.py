@@ -150,7 +150,7 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(project):
     started = time.monotonic()
     code = cli.main(project.args(project.config({"level": [0.0]}), "--tracking-uri", "http://127.0.0.1:9"))
     assert code == 2 and time.monotonic() - started < 15
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 def test_not_csv_and_missing_data(project, capsys):
@@ -160,7 +160,7 @@ def test_not_csv_and_missing_data(project, capsys):
         code = cli.main(["--config", str(config), "--data", str(path), "--outputs", str(project.outputs)])
         err = capsys.readouterr().err
         assert code == 2 and message in err and str(path) in err and "Traceback" not in err
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 def test_reproduce_matches_and_refuses_other_data(project, capsys):

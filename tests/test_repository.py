@@ -108,11 +108,18 @@ def smoke_run():
 @pytest.fixture(scope="session")
 def airflow_bin():
     made("airflow")
+
+
+@pytest.fixture(autouse=True)
+def _started(request):
+    made(f"started {request.node.name}")
 '''
+# As collected: fast tests first, a long one last, the groups between: the hook must start groups, then the long one.
 TOY_TESTS = "\n".join(
-    [f"def test_on_smoke_{n}(smoke_run):\n    pass\n" for n in range(6)]
+    [f"def test_plain_{n}():\n    __import__('time').sleep(0.1)\n" for n in range(6)]
+    + [f"def test_on_smoke_{n}(smoke_run):\n    pass\n" for n in range(6)]
     + [f"def test_on_airflow_{n}(airflow_bin):\n    pass\n" for n in range(6)]
-    + [f"def test_plain_{n}():\n    __import__('time').sleep(0.1)\n" for n in range(6)])
+    + ["@__import__('pytest').mark.slow\ndef test_gradient_boosting_on_the_time_split():\n    pass\n"])
 
 
 def test_the_readme_command_makes_each_session_fixture_once_not_once_per_worker(tmp_path):
@@ -126,5 +133,22 @@ def test_the_readme_command_makes_each_session_fixture_once_not_once_per_worker(
                              "-p", "no:cacheprovider", "-o", "addopts=", str(tmp_path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "18 passed" in result.stdout, result.stdout
-    assert sorted(line.split()[0] for line in made.read_text().splitlines()) == ["airflow", "smoke"]
+    assert "19 passed" in result.stdout, result.stdout
+    lines = [line.split() for line in made.read_text().splitlines()]
+    assert sorted(line[0] for line in lines if line[0] != "started") == ["airflow", "smoke"]
+    # longest first: each worker starts on a group; the long test starts before any fast one
+    started = [(line[2], line[1]) for line in lines if line[0] == "started"]
+    firsts = {pid: name for pid, name in reversed(started)}
+    assert sorted(name.split("_")[2] for name in firsts.values()) == ["airflow", "smoke"], started
+    names = [name for _, name in started]
+    assert names.index("test_gradient_boosting_on_the_time_split") < min(
+        names.index(f"test_plain_{n}") for n in range(6)), started
+
+
+def test_the_grouped_fixtures_and_the_tests_started_first_still_exist():
+    from tests.xdist_groups import GROUPS, LONGEST
+
+    defined = {node.name for path in (paths.PROJECT_ROOT / "tests").glob("*.py")
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)}
+    gone = (set(GROUPS) | set(LONGEST)) - defined
+    assert not gone, f"renamed or gone: {gone}"

@@ -161,7 +161,7 @@ def test_cli_refuses_a_bad_space_with_exit_2_and_runs_nothing(project, capsys):
     assert cli.main(project.args(path)) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "stages.train[0].search.space.depth" in err and "Traceback" not in err
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 def test_cli_refuses_a_search_without_a_storage_for_a_tracking_server(project, capsys, monkeypatch):
@@ -169,7 +169,7 @@ def test_cli_refuses_a_search_without_a_storage_for_a_tracking_server(project, c
     path = project.config({"n_trials": 5, "space": SPACE})
     assert cli.main(project.args(path, "--tracking-uri", "http://127.0.0.1:9")) == cli.EXIT_USAGE
     assert "stages.train[0].search: a search keeps its study in a database" in capsys.readouterr().err
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 def test_storage_defaults_beside_a_sqlite_store_else_must_be_given(tmp_path):
@@ -464,19 +464,17 @@ def test_the_keras_notebook_reports_val_loss_and_a_hopeless_trial_is_pruned(proj
 def test_search_on_dask_with_an_mlflow_server(project, mlflow_server):
     path = project.config({"sampler": "tpe", "n_trials": 4, "seed": 0, "space": SPACE,
                            "storage": project.storage}, promote=False)
-    code, summary = project.run(path, "--executor", "dask", "--jobs", "2", "--tracking-uri", mlflow_server["uri"])
+    code, summary = project.run(path, "--executor", "dask", "--jobs", "2", "--tracking-uri", mlflow_server.uri)
     assert code == 0 and summary["status"] == "ok"
     found = trials_of(summary)
     assert [p["status"] for p in found] == ["ok"] * 4 and summary["searches"][0]["completed"] == 4
-    client = mlflow.MlflowClient(mlflow_server["uri"])
+    client = mlflow.MlflowClient(mlflow_server.uri)
     for point in found:
         run = client.get_run(point["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags[tags.DASK_KEY].endswith(f"fake__trial_"
                                                                                        f"{point['trial']['number']}")
         assert run.data.tags[tags.SEARCH_STUDY] == summary["searches"][0]["study"]
 
-
-from .test_dask import mlflow_server  # noqa: E402,F401 - the module's fixture: an `mlflow server` on loopback
 
 
 def test_a_storage_another_process_is_creating_is_opened_again(tmp_path, monkeypatch):

@@ -32,9 +32,8 @@ from powerpipe.core import fsutil, paths, tags
 from powerpipe.tracking import retention, store as tracking
 from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError, Terminated, TrackingError
 
-from .conftest import FakeProject, count_runs, free_port, runner_process
+from .conftest import FakeProject, MlflowServer, count_runs, runner_process
 
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
 @pytest.fixture
@@ -52,14 +51,14 @@ def test_timeout_zero_negative_or_nan_is_refused(project, value, capsys):
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE
     assert "--timeout must be a positive number of seconds" in err and "Traceback" not in err
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 @pytest.mark.parametrize("flag", ["--store-timeout=0", "--keep-runs=0", "--min-free-mb=-1"])
 def test_other_bad_numbers_are_refused(project, flag, capsys):
     assert cli.main(project.args(project.config({"level": [0.0]}), flag)) == cli.EXIT_USAGE
     assert flag.split("=")[0] in capsys.readouterr().err
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 # == 1. signals (fast: in-process) ======================================================================
@@ -316,7 +315,7 @@ def test_cli_refuses_to_start_on_an_obviously_full_disk(project, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE
     assert f"no space left on {fsutil.mount_point(project.root)} (7.0 MB free, about 100 MB needed)" in err
-    assert "Traceback" not in err and not project.outputs.exists()
+    assert "Traceback" not in err and project.nothing_made()
 
 
 def test_cli_turns_enospc_mid_run_into_one_line(project, monkeypatch, capsys):
@@ -393,7 +392,7 @@ def test_corrupt_or_foreign_store_is_refused_untouched(project, capsys, kind):
     assert f"{store} is not an MLflow store" in err and expected in err and "Traceback" not in err
     assert store.read_bytes() == before
     assert sorted(p.name for p in project.root.iterdir() if p.name.startswith("store.db")) == ["store.db"]
-    assert not project.outputs.exists()
+    assert project.nothing_made()
 
 
 def test_empty_file_and_empty_sqlite_and_real_store_are_accepted(tmp_path):
@@ -662,80 +661,35 @@ def test_without_a_terminal_one_line_per_finished_notebook(project):
     assert "\r" not in result.stderr and "notebook/s" not in result.stderr  # no progress-bar frames
 
 
-class _MlflowServer:
-    """`mlflow server` on loopback (SQLite backend, served artifacts) that a test can stop and start again."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process = None
-
-    def start(self) -> None:
-        self.log = open(self.folder / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port",
-             str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"mlflow server did not start:\n{(self.folder / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server's own workers too
-            self.process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-        self.log.close()
-
-    def runs(self, status: str) -> int:
-        return count_runs(self.folder / "mlflow.db", status)
-
-
 @pytest.fixture
-def mlflow_server(tmp_path):
+def stoppable_server(tmp_path):
     folder = tmp_path / "server"
     folder.mkdir()
-    server = _MlflowServer(folder)
+    server = MlflowServer(folder)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.mark.slow
-def test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_resumes(project, mlflow_server):
+def test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_resumes(project, stoppable_server):
     """Needs the pipeline to turn an unreachable store into StoreUnreachableError (tracking.store_guard),
     write summary.json with the reason and promote nothing."""
     # Three points one at a time, each a few seconds: the server stops while the second or third runs.
     config = project.config({"level": [0.0, 1.0, 2.0], "sleep": [3.0]})
-    argv = project.args(config, "--jobs", "1", "--tracking-uri", mlflow_server.uri, "--store-timeout", "10")
+    argv = project.args(config, "--jobs", "1", "--tracking-uri", stoppable_server.uri, "--store-timeout", "10")
     process = runner_process(argv)
     deadline = time.monotonic() + 180
-    while mlflow_server.runs("FINISHED") < 1:
+    while stoppable_server.runs("FINISHED") < 1:
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline, "no grid point finished in time"
         time.sleep(0.5)
-    mlflow_server.stop()
+    stoppable_server.stop()
     stopped = time.monotonic()
     output, _ = process.communicate(timeout=240)
     assert time.monotonic() - stopped < 90, output
     assert process.returncode in (cli.EXIT_FAILED, cli.EXIT_USAGE), output
-    assert "unreachable" in output and mlflow_server.uri in output, output
+    assert "unreachable" in output and stoppable_server.uri in output, output
     assert "Traceback" not in output, output
     summaries = list(project.outputs.glob("*/summary.json"))
     assert len(summaries) == 1, output
@@ -743,13 +697,13 @@ def test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_re
     assert summary["promoted"] is None and summary["status"] != "ok"
     assert "unreachable" in json.dumps(summary)
 
-    mlflow_server.start()
+    stoppable_server.start()
     code = cli.main([*argv, "--quiet"])
     assert code == cli.EXIT_OK
     latest = json.loads(sorted(project.outputs.glob("*/summary.json"), key=lambda p: p.parent.name)[-1].read_text())
     statuses = [point["status"] for point in latest["grid_points"] if point["stage"] == "train"]
     assert statuses.count("cached") >= 1 and set(statuses) <= {"cached", "ok"}
-    assert mlflow_server.runs("RUNNING") == 0
+    assert stoppable_server.runs("RUNNING") == 0
 
 
 def _mount_tmpfs(folder: Path, megabytes: int) -> None:

@@ -66,7 +66,6 @@ def thread_caps(threads: int) -> dict[str, str]:
 def warmup_code(modules: list[str], tracking_uri: str | None, threads: int) -> str:
     """Code a new kernel runs once: import what the notebooks import, open the tracking store."""
     lines = [
-        "%matplotlib inline",
         "def _powerpipe_warm_up(modules):",
         "    import importlib",
         "    for name in modules:",
@@ -77,6 +76,10 @@ def warmup_code(modules: list[str], tracking_uri: str | None, threads: int) -> s
         f"_powerpipe_warm_up({modules!r})",
         "del _powerpipe_warm_up",
         "import sys as _sys",
+        # The inline backend set up once here, for notebooks that draw (their imports brought matplotlib);
+        # the others are spared its 0.3 s.
+        "if 'matplotlib' in _sys.modules:",
+        "    get_ipython().run_line_magic('matplotlib', 'inline')",
         "if 'tensorflow' in _sys.modules:",
         "    import tensorflow as _tf",
         f"    _tf.config.threading.set_intra_op_parallelism_threads({threads})",

@@ -140,6 +140,12 @@ def run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
         raise fatal from None
 
 
+def _killed_by_the_stop(kernel) -> bool:
+    """Its kernel was killed under it because the pipeline is stopping (Ctrl-C, SIGTERM, a fatal error): the
+    run ends KILLED, as the runner marks the others, not as a FAILED grid point."""
+    return bool(getattr(kernel, "stopped", False))
+
+
 def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
     from powerpipe.tracking import store as tracking, trials
     from powerpipe.execution.engine import execute
@@ -174,10 +180,8 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
         }
         execution = execute(task.notebook, output, task.parameters, env=env, timeout=task.timeout,
                             render=task.render, kernel=kernel)
-        # Its kernel killed under it because the pipeline is stopping (Ctrl-C, SIGTERM, a fatal error):
-        # KILLED as the runner marks the others, not a FAILED grid point. Read now, before the stop can
-        # come during the bookkeeping of a notebook that failed on its own.
-        interrupted = not execution.ok and getattr(kernel, "stopped", False)
+        # Read now, before the stop can come during the bookkeeping of a notebook that failed on its own.
+        interrupted = not execution.ok and _killed_by_the_stop(kernel)
         for path in (execution.output_notebook, execution.output_html):
             if path is not None and path.exists():
                 client.log_artifact(run_id, str(path), artifact_path=tags.NOTEBOOK_ARTIFACT_DIR)
@@ -197,7 +201,7 @@ def _run_task(task: NotebookTask, kernel) -> tuple[TaskOutcome, bool]:
             raise fatal from None
         log.exception("%s: could not run or record the notebook", task.label)
         ok, error, reusable, metrics, pruned = False, f"{type(exc).__name__}: {exc}", False, {}, False
-        interrupted = getattr(kernel, "stopped", False)
+        interrupted = _killed_by_the_stop(kernel)
     interrupted = interrupted and not pruned
     if pruned:  # FINISHED (it ended as meant to), never cached: its result is a partial one
         client.set_tag(run_id, tags.SEARCH_PRUNED, tags.flag(True))
