@@ -105,10 +105,10 @@ def _empty_store_made_once() -> Path:
     return folder / "mlflow.db"
 
 
-def empty_store(db: Path) -> str:
-    """A new, empty MLflow store at ``db`` (its URI): a copy of one made once per test process. Making each
-    one cost a second of CPU (MLflow's schema migrations), in the fifty tests that need one; the runner's
-    own making of a store is tested by the smoke run and the tests that pass no store."""
+def new_empty_store(db: Path) -> str:
+    """A new MLflow store at ``db`` with MLflow's tables and nothing else (its URI): a copy of one made once
+    per test process. Making each cost a second of CPU (MLflow's schema migrations), in the fifty tests that
+    need one; the runner's own making of a store is tested by the smoke run and the tests that pass none."""
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_empty_store_made_once(), db)
     return f"sqlite:///{db}"
@@ -118,7 +118,7 @@ def empty_store(db: Path) -> str:
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A tracking store of this test's own; MLFLOW_TRACKING_URI from outside never leaks in."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return empty_store(tmp_path / "store" / "mlflow.db")
+    return new_empty_store(tmp_path / "store" / "mlflow.db")
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ class FakeProject:
         self.data_path = data.write_processed(data.synthetic_frame("2016-06-01", "2016-06-10 23:00"),
                                               root / "small.csv")
         self.outputs = root / "out"
-        self.tracking_uri = empty_store(root / "out" / "mlflow.db")  # where the runner keeps it (no --tracking-uri)
+        self.tracking_uri = new_empty_store(root / "out" / "mlflow.db")  # where the runner keeps it (no --tracking-uri)
 
     def config(self, grid: dict, report: bool = False, timeout: float | None = None, name="pipeline.yaml") -> Path:
         import yaml

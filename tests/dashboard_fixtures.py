@@ -22,6 +22,8 @@ from powerpipe.core import paths, tags
 from powerpipe.tracking import store as tracking
 from powerpipe.spec.config import PromoteSpec
 
+from .conftest import new_empty_store
+
 EXPERIMENT = "predicting_wind_solar_dashboard"
 PIPELINE_RUN_ID = "20240101T000000-000"
 # A run whose executed notebook's HTML is not named after the run: only the tag finds it.
@@ -222,13 +224,7 @@ def _register_and_promote(client, uri: str, run_id: str, spec: PromoteSpec, valu
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory) -> str:
     """A store with MLflow's tables and nothing else (read-only in the tests)."""
-    import mlflow
-
-    folder = tmp_path_factory.mktemp("empty_store")
-    uri = f"sqlite:///{folder / paths.TRACKING_DB_NAME}"
-    with unsynced_sqlite():
-        mlflow.MlflowClient(uri).search_experiments()  # creates the tables, nothing else
-    return uri
+    return new_empty_store(tmp_path_factory.mktemp("empty_store") / paths.TRACKING_DB_NAME)
 
 
 @pytest.fixture(scope="module")

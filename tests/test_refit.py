@@ -245,6 +245,35 @@ def test_rollback_refuses_an_unknown_version_and_a_held_lock(store, capsys):
     assert not (store["outputs"] / ".powerpipe.lock").exists()
 
 
+def test_the_holders_retraining_draws_figures_only_when_the_run_draws_them(store, tmp_path):
+    """A run without figures (a replay's week without a report) retrains the holder's configuration
+    without figures too, and says so on its run; a run with figures leaves the notebook's default."""
+    from types import SimpleNamespace
+
+    from powerpipe.run.refit import plan_champion
+    from powerpipe.spec.config import load_config
+    from powerpipe.spec.steps import build_steps
+
+    # the store's runs record x.ipynb at r = 3, 2, 1; the pipeline's grid does not hold r = 3
+    make_notebook(tmp_path / "x.ipynb", "data_path: str | None = None\nr: float = 0.0\nfigures: bool = True")
+    _promote(store, 0, None)
+    config = load_config(store["config"])
+    steps = build_steps(config)
+
+    def plan(figures: bool):
+        pipeline = SimpleNamespace(config=config, recorder=SimpleNamespace(client=store["client"]),
+                                   of_stage=lambda stage: [s for s in steps if s.stage == stage],
+                                   options=SimpleNamespace(figures=figures))
+        return plan_champion(pipeline)
+
+    without, drawn = plan(False), plan(True)
+    assert without.step.shown == drawn.step.shown == {"r": 3.0}
+    assert without.step.extra_parameters.get("figures") is False
+    assert json.loads(without.step.extra_tags[tags.EXTRA_PARAMETERS])["figures"] is False
+    assert without.step.extra_tags[tags.CHAMPION_OF] == f"{MODEL}/1"
+    assert "figures" not in drawn.step.extra_parameters and tags.EXTRA_PARAMETERS not in drawn.step.extra_tags
+
+
 def test_dashboard_card_shows_the_alias_history(pipeline_store, tmp_path):
     """On a store built without running a notebook (dashboard_fixtures): two recorded moves, newest first."""
     import mlflow

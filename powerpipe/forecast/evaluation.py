@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from powerpipe.core.exceptions import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 SPLITS = ("time", "random", "none")
