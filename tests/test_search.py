@@ -476,7 +476,6 @@ def test_search_on_dask_with_an_mlflow_server(project, mlflow_server):
         assert run.data.tags[tags.SEARCH_STUDY] == summary["searches"][0]["study"]
 
 
-
 def test_a_storage_another_process_is_creating_is_opened_again(tmp_path, monkeypatch):
     """Two processes creating one new study storage at once: the second fails to stamp its schema version
     (seen as "UNIQUE constraint failed: alembic_version.version_num" when a poller opened it mid-creation);

@@ -13,9 +13,9 @@ import pytest
 GROUPS = {"smoke_run": "smoke", "airflow_bin": "airflow", "replayed": "replay", "used_kernel": "reused_kernel"}
 
 # The longest tests outside the groups, as the suite last measured them (20 to 70 s each on 2 busy cores).
-# Started right after the groups, so that the suite does not end with one worker running a long test while
-# the other has nothing left (that idle tail was 70 s of the 10.8 min suite). A name here that no longer
-# exists only loses its head start: tests/test_repository.py checks that each still does.
+# Started right after the groups, so that the two workers finish together: in collection order one worker
+# ran its last 70 s alone. A name here that no longer exists only loses its head start:
+# tests/test_repository.py checks that each still does.
 LONGEST = (
     "test_tracking_server_stopping_mid_run_is_one_clear_error_and_the_next_run_resumes",
     "test_gradient_boosting_on_the_time_split",
