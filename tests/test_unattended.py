@@ -35,7 +35,6 @@ from powerpipe.core.exceptions import DiskFullError, StoreUnreachableError, Term
 from .conftest import FakeProject, MlflowServer, count_runs, runner_process
 
 
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """The fake notebook project of conftest, with the runner's output as a user sees it (no --quiet)."""
