@@ -200,8 +200,12 @@ class FakeProject:
         return path
 
     def args(self, config: Path, *extra: str, outputs: Path | None = None) -> list[str]:
+        """The runner's arguments for this project. One notebook at a time unless the test passes ``--jobs``:
+        on two cores that the other xdist worker keeps busy, a second kernel costs about 4 s of CPU (its
+        imports, its store) and gains nothing; the tests about running at once say ``--jobs`` themselves."""
+        jobs = [] if any(arg == "--jobs" or arg.startswith("--jobs=") for arg in extra) else ["--jobs", "1"]
         return ["--config", str(config), "--data", str(self.data_path), "--outputs", str(outputs or self.outputs),
-                *(["--quiet"] if self.quiet else []), *extra]
+                *(["--quiet"] if self.quiet else []), *jobs, *extra]
 
     def run(self, config: Path, *extra: str) -> tuple[int, dict]:
         from powerpipe.cli import main as cli

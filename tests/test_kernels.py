@@ -147,7 +147,7 @@ def test_a_run_of_one_notebook_warms_one_kernel_not_one_per_job():
     class CountingLease(KernelLease):
         started = 0
 
-        def start(self):
+        def start(self, abandoned=None):
             CountingLease.started += 1
             time.sleep(0.2)  # a kernel takes a while to warm up: tasks may come meanwhile
             return _CountedKernel()
@@ -166,6 +166,61 @@ def test_a_run_of_one_notebook_warms_one_kernel_not_one_per_job():
     assert kernels_for(jobs=4, warm_ahead=None, tasks=1) == 4  # no plan: every job warms ahead
     assert kernels_for(jobs=4, warm_ahead=1, tasks=2) == 2  # a second task its plan did not count still runs
     assert kernels_for(jobs=4, warm_ahead=2, tasks=2) == 2  # both come while the two warm up: no third one
+
+
+def test_closing_the_pool_gives_up_a_kernel_still_warming_up():
+    """The run's work is done while a second kernel still warms up (a slow start on a loaded machine):
+    closing the pool stops that start instead of waiting for it."""
+    import threading
+
+    from powerpipe.core.exceptions import KernelCancelled
+    from powerpipe.execution.lease import KernelLease, KernelSettings
+    from powerpipe.execution.local import KernelPool
+
+    given_up = threading.Event()
+
+    class SlowSecondLease(KernelLease):
+        starts = 0
+
+        def start(self, abandoned=None):
+            SlowSecondLease.starts += 1
+            if SlowSecondLease.starts == 1:
+                return _CountedKernel()
+            while not abandoned():  # the second start would take long: it lasts until the pool gives it up
+                time.sleep(0.05)
+            given_up.set()
+            raise KernelCancelled("given up")
+
+    pool = KernelPool(2, SlowSecondLease(KernelSettings(env=(), warmup=None)))
+    assert pool.submit(lambda kernel: ("done", True)).result(timeout=10) == "done"
+    closing = threading.Thread(target=pool.close)
+    closing.start()
+    closing.join(timeout=30)
+    assert not closing.is_alive() and given_up.is_set()
+
+
+def test_a_kernel_that_dies_while_warming_up_is_an_error_at_once_not_after_the_timeout():
+    from powerpipe.core.exceptions import KernelError
+
+    started = time.monotonic()
+    with pytest.raises(KernelError, match="could not start a kernel.*died"):
+        kernels.Kernel(warmup="import os\nos._exit(3)", startup_timeout=300)
+    assert time.monotonic() - started < 150  # jupyter_client's own wait would have taken the 300 s
+
+
+def test_a_kernel_start_given_up_while_warming_up_stops_its_process(tmp_path):
+    import psutil
+
+    from powerpipe.core.exceptions import KernelCancelled
+
+    warming = tmp_path / "warming"
+    before = set(psutil.Process().children())
+    with pytest.raises(KernelCancelled):  # given up once the warm-up runs (a slow import): the run ended
+        kernels.Kernel(warmup=f"open({str(warming)!r}, 'w').close()\nimport time\ntime.sleep(600)",
+                       startup_timeout=900, cancelled=warming.exists)
+    assert warming.exists()
+    left = [p for p in set(psutil.Process().children()) - before if p.status() != psutil.STATUS_ZOMBIE]
+    assert not left
 
 
 def test_a_task_given_to_a_stopped_pool_is_cancelled_not_left_waiting():

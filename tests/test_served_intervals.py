@@ -152,11 +152,13 @@ def test_monitoring_scores_the_production_models_interval_coverage_on_new_hours(
 
 
 @pytest.mark.slow
-def test_loading_a_model_leaves_this_processs_own_code_in_place(logged):
+def test_loading_a_model_leaves_this_processs_own_code_in_place(logged, tmp_path, monkeypatch):
     """MLflow puts a model's copy of its ``code_paths`` first on sys.path and drops the package's modules:
     without care every later powerpipe import (and every Dask worker spawned later) came from the model's
-    temporary folder, and the report's template was not found there."""
+    temporary folder, and the report's template was not found there. That folder is gone once the model is
+    loaded (a weekly gate left a copy of the model behind each time)."""
     import sys
+    import tempfile
 
     import mlflow
 
@@ -165,8 +167,11 @@ def test_loading_a_model_leaves_this_processs_own_code_in_place(logged):
     from powerpipe.tracking.promotion import load_version
 
     path_before = list(sys.path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     model = load_version(mlflow.MlflowClient(logged["uri"]), "BestModel", "1")
     assert sys.path == path_before
+    assert not list((tmp_path / "tmp").iterdir())
     assert sys.modules["powerpipe.core.paths"] is paths and sys.modules["powerpipe.forecast.serving"] is serving
     from powerpipe.core import paths as imported_again
 

@@ -58,6 +58,10 @@ class KernelError(PipelineError):
     """A kernel could not be started or prepared."""
 
 
+class KernelCancelled(KernelError):
+    """A kernel's start was abandoned: the run no longer needs it (it ended, or is being stopped)."""
+
+
 class DaskExecutorError(PipelineError):
     """The Dask cluster cannot be used for this pipeline (unreachable, or cannot see its files)."""
 

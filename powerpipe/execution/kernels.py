@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import queue
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
-from powerpipe.core.exceptions import KernelError
+from powerpipe.core.exceptions import KernelCancelled, KernelError
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,16 @@ RESET_CODE = "\n".join([
 
 
 class Kernel:
-    """One kernel process with its client, used by one thread at a time."""
+    """One kernel process with its client, used by one thread at a time.
 
-    def __init__(self, env: dict[str, str] | None = None, warmup: str | None = None, startup_timeout: float = 120):
+    ``cancelled``: asked every half second while the kernel starts and warms up; once it says yes, the
+    start stops, the process is shut down and ``KernelError`` raised (a run that ends or is stopped does
+    not wait for a kernel nobody will use). A kernel that dies while starting, warming up or running
+    bookkeeping code is an error at once, not after the timeout.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, warmup: str | None = None, startup_timeout: float = 120,
+                 cancelled: Callable[[], bool] | None = None):
         handle = tempfile.NamedTemporaryFile(prefix="powerpipe-kernel-", suffix=".stderr", delete=False)
         handle.close()
         self.stderr_path = Path(handle.name)
@@ -155,34 +165,73 @@ class Kernel:
         self.stopped = False  # killed because the pipeline is stopping (Ctrl-C, SIGTERM), not by its notebook
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
+        self._cancelled = cancelled or (lambda: False)
+        started = time.monotonic()
         try:
             self.km.start_kernel()
             self.kc = self.km.client()
             self.kc.start_channels()
-            self.kc.wait_for_ready(timeout=startup_timeout)
+            self._wait_for_ready(started + startup_timeout)
             if warmup:
-                self.run(warmup, timeout=startup_timeout)
+                self.run(warmup, timeout=max(1.0, started + startup_timeout - time.monotonic()),
+                         cancellable=True)
         except Exception as exc:  # noqa: BLE001 - boundary: whatever failed, this kernel is unusable
-            detail = self.stderr_tail()
+            detail = "" if isinstance(exc, KernelCancelled) else self.stderr_tail()
             self.shutdown()
+            if isinstance(exc, KernelCancelled):
+                raise
             raise KernelError(f"could not start a kernel on {sys.executable}: {exc}"
                               + (f"\n{detail}" if detail else "")) from None
+        log.debug("kernel started in %.1f s", time.monotonic() - started)
 
-    def run(self, code: str, timeout: float = 60) -> None:
+    def _wait_for_ready(self, deadline: float) -> None:
+        """jupyter_client's wait for the kernel's first answer, in slices: between them, whether to go on."""
+        while True:
+            self._check_waiting(deadline, cancellable=True)
+            try:
+                self.kc.wait_for_ready(timeout=min(2.0, max(0.5, deadline - time.monotonic())))
+                return
+            except RuntimeError:  # no answer in this slice, or the kernel died: the next check says which
+                continue
+
+    def _check_waiting(self, deadline: float, cancellable: bool) -> None:
+        if cancellable and self._cancelled():
+            raise KernelCancelled("the kernel's start was abandoned: the run ended or was stopped")
+        if not self.alive():
+            raise KernelError("the kernel died")
+        if time.monotonic() > deadline:
+            raise KernelError("the kernel did not answer in time")
+
+    def run(self, code: str, timeout: float = 60, cancellable: bool = False) -> None:
         """Execute bookkeeping code (not part of any notebook); raise KernelError if it fails."""
-        errors: list[str] = []
-
-        def collect(msg):
-            if msg["header"]["msg_type"] == "error":
-                errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-
+        deadline = time.monotonic() + timeout
         try:
-            reply = self.kc.execute_interactive(code, timeout=timeout, store_history=False, output_hook=collect,
-                                                allow_stdin=False)
-        except Exception as exc:  # noqa: BLE001 - a timeout or a dead kernel: the kernel is unusable
+            msg_id = self.kc.execute(code, store_history=False, allow_stdin=False)
+            reply = self._message(self.kc.get_shell_msg, msg_id, deadline, cancellable)
+            # Its outputs up to idle, so that nothing of it is left for the next execution to read.
+            while True:
+                msg = self._message(self.kc.get_iopub_msg, msg_id, deadline, cancellable)
+                if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                    break
+        except KernelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a dead channel or kernel: the kernel is unusable
             raise KernelError(f"kernel did not answer: {type(exc).__name__}: {exc}") from None
-        if reply["content"]["status"] != "ok":
-            raise KernelError("; ".join(errors) or f"kernel bookkeeping failed: {reply['content'].get('evalue')}")
+        content = reply["content"]
+        if content["status"] != "ok":
+            raise KernelError(f"{content.get('ename')}: {content.get('evalue')}" if content.get("ename")
+                              else f"kernel bookkeeping failed: {content.get('status')}")
+
+    def _message(self, get, msg_id: str, deadline: float, cancellable: bool) -> dict:
+        """The next message from ``get`` (a channel's) answering ``msg_id``; checks the kernel every half second."""
+        while True:
+            try:
+                msg = get(timeout=0.5)
+            except queue.Empty:
+                self._check_waiting(deadline, cancellable)
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
 
     def alive(self) -> bool:
         try:

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from powerpipe.execution import kernels
 from powerpipe.core.exceptions import KernelError
@@ -57,10 +58,18 @@ class KernelLease:
         self._lock = threading.Lock()
         self.closed = False
 
-    def start(self) -> kernels.Kernel:
+    def start(self, abandoned: Callable[[], bool] | None = None) -> kernels.Kernel:
+        """A new kernel, warmed up if it will be reused. Its start is given up (``KernelCancelled``) once the
+        lease is killed, or once ``abandoned()`` says nobody will use it (a kernel warmed ahead of a run
+        that has ended)."""
         if self.closed:
             raise KernelError("the pipeline was stopped")
-        kernel = kernels.Kernel(env=dict(self.settings.env), warmup=self.settings.warmup if self.reuse else None)
+
+        def cancelled() -> bool:
+            return self.closed or (abandoned is not None and abandoned())
+
+        kernel = kernels.Kernel(env=dict(self.settings.env), warmup=self.settings.warmup if self.reuse else None,
+                                cancelled=cancelled)
         with self._lock:
             self._live.add(kernel)
         if self.closed:  # killed while this kernel started: run nothing more

@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 from typing import Callable
 
-from powerpipe.core.exceptions import KernelError
+from powerpipe.core.exceptions import KernelCancelled, KernelError
 from powerpipe.execution.tasks import NotebookTask, TaskOutcome, run_task
 from powerpipe.execution.lease import KernelLease
 from powerpipe.execution.waiting import wait
@@ -74,8 +74,10 @@ class KernelPool:
     def _work(self, warm: bool) -> None:
         kernel = None
         if warm and self.lease.reuse and not self._closing:
-            try:
-                kernel = self.lease.start()  # warm before the task reaches this thread
+            try:  # warm before the task reaches this thread; given up if the pool stops with nothing queued
+                kernel = self.lease.start(abandoned=self._warming_unneeded)
+            except KernelCancelled:
+                log.debug("a kernel warming up ahead was not needed: the run ended first")
             except KernelError as exc:
                 log.warning("%s", exc)
         while (item := self._next()) is not None:
@@ -96,8 +98,13 @@ class KernelPool:
                 self._free += 1
         self.lease.retire(kernel)
 
+    def _warming_unneeded(self) -> bool:
+        """The pool stops and no task is left: a kernel still warming up would only be shut down."""
+        return self._stopping and not self._tasks
+
     def close(self) -> None:
-        """Finish queued work, then stop the workers and their kernels."""
+        """Finish queued work, then stop the workers and their kernels (one still warming up is given up:
+        on a loaded machine a kernel may take most of a minute to import TensorFlow, and nothing waits for it)."""
         with self._changed:
             self._stopping = True
             threads = list(self._threads)

@@ -108,9 +108,10 @@ def load_version(client, name: str, version: str):
     from powerpipe.forecast.serving import load_pyfunc
 
     uri = client.get_model_version_download_uri(name, version)
-    folder = tempfile.mkdtemp(prefix="powerpipe-model-")
-    return load_pyfunc(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
-                                                           tracking_uri=client.tracking_uri))
+    # Loaded whole into memory: the downloaded files can go (a weekly gate left a copy of the model each time).
+    with tempfile.TemporaryDirectory(prefix="powerpipe-model-") as folder:
+        return load_pyfunc(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
+                                                               tracking_uri=client.tracking_uri))
 
 
 # What a run that says nothing of its split was scored on: the tutorial's shuffled split of hours.
