@@ -65,8 +65,10 @@ def test_linreg_on_the_time_split(tmp_path, tracking_uri):
 
 
 def test_gradient_boosting_on_the_time_split(tmp_path, tracking_uri):
-    """The default gradient-boosting notebook (weather_calendar features) on the 2016 holdout."""
-    metrics = run_notebook("model_gbr.ipynb", tmp_path, tracking_uri, evaluation=TIME_SPLIT)
+    """The default gradient-boosting notebook (weather_calendar features) on the 2016 holdout. Its backtest on
+    the last two quarters before 2016, not four: each fold is a fit on most of the data (R² 0.864 on two,
+    0.876 on four), and this was the suite's longest test outside the groups."""
+    metrics = run_notebook("model_gbr.ipynb", tmp_path, tracking_uri, evaluation={**TIME_SPLIT, "folds": 2})
     assert metrics["r2"] >= 0.87
     assert metrics["solar_r2"] >= 0.95 and metrics["wind_r2"] >= 0.79
     assert metrics["backtest_r2"] >= 0.85
