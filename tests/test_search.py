@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,32 @@ def test_study_names_and_generations():
     assert search._study_name(["fake-abc", "fake-abc-2"], "fake-abc", force=True) == "fake-abc-3"
 
 
+def test_trials_a_dead_runner_left_are_run_again_only_with_all_their_parameters(tmp_path, caplog):
+    """A runner SIGKILLed while it asked for a trial leaves it RUNNING with none or some of its parameters
+    (Optuna stores the trial, then each parameter): it never ran, so it is neither run again with parameters
+    it did not draw nor counted as a failed trial. One with all of them is asked again first."""
+    import optuna
+
+    spec = search.SearchSpec.parse({"sampler": "random", "n_trials": 4, "seed": 0, "space": SPACE}, "test")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    dead = {tags.RUNNER_HOST: socket.gethostname(), tags.RUNNER_PID: str(2**22 + 1)}  # above pid_max: gone
+    study = optuna.create_study(storage=trials.open_storage(url), study_name="fake-abc")
+    whole = study.ask(spec.distributions())
+    half = study.ask({"level": spec.distributions()["level"]})
+    bare = study.ask()
+    for trial in (whole, half, bare):
+        trial.set_user_attr(search.RUNNER_ATTR, dead)
+    recovered = search.SearchStudy(spec, url, "fake-abc", "minimize", force=False, parallel=False)
+    states = {t.number: t.state.name for t in recovered.study.trials}
+    assert [states[n] for n in (whole.number, half.number, bare.number)] == ["FAIL"] * 3
+    (retry,) = [t for t in recovered.study.trials if search.RETRY_ATTR in t.user_attrs]
+    assert retry.user_attrs[search.RETRY_ATTR] == whole.number
+    assert recovered.ask().params == whole.params  # asked again first, as it was
+    assert (recovered.tally.failed, recovered.tally.cut_short) == (0, 2)
+    assert f"trial {half.number} was cut short by a runner that stopped before its parameters were drawn" \
+        in caplog.text
+
+
 def test_terminal_table_lists_the_best_three_trials_and_counts_the_rest():
     def trial(number, rmse=None, status="ok"):
         return {"stage": "train", "notebook": "fake.ipynb", "parameters": {"level": float(number)}, "status": status,
@@ -352,8 +379,12 @@ def test_sigkill_mid_search_then_resume_to_exactly_n_trials(project):
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert sorted(t.number for t in failed) == sorted(interrupted)
     retries = {t.user_attrs.get("retry_of"): t for t in study.trials if "retry_of" in t.user_attrs}
-    for number in interrupted:  # asked again with the same parameters
-        assert retries[number].params == study.trials[number].params
+    for number in interrupted:  # asked again with the same parameters (unless killed before it drew them all)
+        if set(study.trials[number].params) == set(SPACE):
+            assert retries[number].params == study.trials[number].params
+        else:
+            assert number not in retries
+    assert retries and summary["searches"][0]["failed"] == 0  # cut short is not failed
     assert sorted(p["status"] for p in trials_of(summary)).count("cached") >= 2
     assert {p["mlflow_run_id"] for p in trials_of(summary)} == {t.user_attrs["mlflow_run_id"] for t in complete}
     assert not project.trial_runs(name, "RUNNING")  # the killed runner's runs were marked KILLED

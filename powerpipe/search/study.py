@@ -112,7 +112,8 @@ def _study_name(existing: list[str], base: str, force: bool) -> str:
 class Tally:
     completed: int = 0
     pruned: int = 0
-    failed: int = 0  # not counting trials cut short by a runner that died (they are asked again)
+    failed: int = 0  # trials that ran and failed (not those cut short by a runner that died)
+    cut_short: int = 0  # cut short before their parameters were all drawn: nothing to run again
 
     @property
     def finished(self) -> int:
@@ -135,30 +136,38 @@ class SearchStudy:
         self.name = _study_name(optuna.get_all_study_names(storage), base_name, force)
         self.study = optuna.create_study(storage=storage, study_name=self.name, direction=goal, load_if_exists=True,
                                          pruner=trials.make_pruner(spec.pruner))
+        self.distributions = spec.distributions()
         self.recover()
         if first and not self.study.get_trials(deepcopy=False):  # a new study: the notebook's defaults first
             self.study.enqueue_trial(first, user_attrs={DEFAULTS_ATTR: True})
         self.study.sampler = spec.make_sampler(len(self.study.get_trials(deepcopy=False)), parallel)
-        self.distributions = spec.distributions()
         self.tally = self.count()
 
     def recover(self) -> None:
-        """Trials left RUNNING by a runner that died (SIGKILL, power cut): FAIL, and asked again first."""
+        """Trials left RUNNING by a runner that died (SIGKILL, power cut): FAIL, and asked again first with
+        the same parameters. A runner killed while it asked for a trial leaves it without all of them (Optuna
+        stores the trial, then each parameter): that one never ran, and the search draws a new trial."""
         for trial in self.study.get_trials(deepcopy=False, states=(self.states.RUNNING,)):
             if _runner_alive(trial.user_attrs.get(RUNNER_ATTR)):
                 continue
-            log.warning("study %s: trial %d was cut short by a runner that stopped; running it again",
-                        self.name, trial.number)
             self.study.tell(trial.number, state=self.states.FAIL)
-            if trial.params:
+            if set(trial.params) >= set(self.distributions):
+                log.warning("study %s: trial %d was cut short by a runner that stopped; running it again",
+                            self.name, trial.number)
                 self.study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+            else:
+                log.warning("study %s: trial %d was cut short by a runner that stopped before its parameters "
+                            "were drawn; it never ran", self.name, trial.number)
 
     def count(self) -> Tally:
         everything = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get(RETRY_ATTR) for t in everything}
+        ended = [t for t in everything if t.state == self.states.FAIL and t.number not in retried]
+        # A trial that ran and failed says why (``tell``); one cut short before it ran says nothing.
         return Tally(completed=sum(t.state == self.states.COMPLETE for t in everything),
                      pruned=sum(t.state == self.states.PRUNED for t in everything),
-                     failed=sum(t.state == self.states.FAIL and t.number not in retried for t in everything))
+                     failed=sum(ERROR_ATTR in t.user_attrs for t in ended),
+                     cut_short=sum(ERROR_ATTR not in t.user_attrs for t in ended))
 
     def finished_trials(self) -> list:
         return self.study.get_trials(deepcopy=False, states=(self.states.COMPLETE, self.states.PRUNED))
@@ -267,7 +276,9 @@ class SearchRunner:
             return False
         if tally.finished + flying >= self.spec.limit:
             return False
-        return self.spec.sampler != "grid" or tally.finished + tally.failed + flying < self.spec.grid_size()
+        # A grid point whose trial was cut short is visited, to Optuna's grid sampler.
+        return self.spec.sampler != "grid" or (tally.finished + tally.failed + tally.cut_short + flying
+                                               < self.spec.grid_size())
 
     def run_trial(self, study: SearchStudy, trial) -> StepResult:
         result = self.pipeline.run_step(self.trial_step(study, trial.number, trial.params))
