@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -149,8 +149,8 @@ class Kernel:
     """One kernel process with its client, used by one thread at a time.
 
     ``cancelled``: asked every half second while the kernel starts and warms up; once it says yes, the
-    start stops, the process is shut down and ``KernelError`` raised (a run that ends or is stopped does
-    not wait for a kernel nobody will use). A kernel that dies while starting, warming up or running
+    start stops, the process is shut down and ``KernelCancelled`` raised (a run that ends or is stopped
+    does not wait for a kernel nobody will use). A kernel that dies while starting, warming up or running
     bookkeeping code is an error at once, not after the timeout.
     """
 
