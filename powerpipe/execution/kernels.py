@@ -172,9 +172,8 @@ class Kernel:
             self.kc = self.km.client()
             self.kc.start_channels()
             self._wait_for_ready(started + startup_timeout)
-            if warmup:
-                self.run(warmup, timeout=max(1.0, started + startup_timeout - time.monotonic()),
-                         cancellable=True)
+            if warmup:  # its own time, as before: TensorFlow's import alone may take a minute on a busy machine
+                self.run(warmup, timeout=startup_timeout, cancellable=True)
         except Exception as exc:  # noqa: BLE001 - boundary: whatever failed, this kernel is unusable
             detail = "" if isinstance(exc, KernelCancelled) else self.stderr_tail()
             self.shutdown()

@@ -73,7 +73,7 @@ class KernelPool:
 
     def _work(self, warm: bool) -> None:
         kernel = None
-        if warm and self.lease.reuse and not self._closing:
+        if warm and self.lease.reuse and not self._closing and not self._warming_unneeded():
             try:  # warm before the task reaches this thread; given up if the pool stops with nothing queued
                 kernel = self.lease.start(abandoned=self._warming_unneeded)
             except KernelCancelled:

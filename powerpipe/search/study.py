@@ -114,6 +114,7 @@ class Tally:
     pruned: int = 0
     failed: int = 0  # trials that ran and failed (not those cut short by a runner that died)
     cut_short: int = 0  # cut short before their parameters were all drawn: nothing to run again
+    cut_short_on_grid: int = 0  # of those, the ones Optuna's grid sampler had given a grid point (visited, to it)
 
     @property
     def finished(self) -> int:
@@ -167,7 +168,9 @@ class SearchStudy:
         return Tally(completed=sum(t.state == self.states.COMPLETE for t in everything),
                      pruned=sum(t.state == self.states.PRUNED for t in everything),
                      failed=sum(ERROR_ATTR in t.user_attrs for t in ended),
-                     cut_short=sum(ERROR_ATTR not in t.user_attrs for t in ended))
+                     cut_short=sum(ERROR_ATTR not in t.user_attrs for t in ended),
+                     cut_short_on_grid=sum(ERROR_ATTR not in t.user_attrs and "grid_id" in t.system_attrs
+                                           for t in ended))
 
     def finished_trials(self) -> list:
         return self.study.get_trials(deepcopy=False, states=(self.states.COMPLETE, self.states.PRUNED))
@@ -276,8 +279,8 @@ class SearchRunner:
             return False
         if tally.finished + flying >= self.spec.limit:
             return False
-        # A grid point whose trial was cut short is visited, to Optuna's grid sampler.
-        return self.spec.sampler != "grid" or (tally.finished + tally.failed + tally.cut_short + flying
+        # A grid point whose trial was cut short is visited, to Optuna's grid sampler: it is not run again.
+        return self.spec.sampler != "grid" or (tally.finished + tally.failed + tally.cut_short_on_grid + flying
                                                < self.spec.grid_size())
 
     def run_trial(self, study: SearchStudy, trial) -> StepResult:
