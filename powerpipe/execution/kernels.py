@@ -174,11 +174,12 @@ class Kernel:
             self._wait_for_ready(started + startup_timeout)
             if warmup:  # its own time, as before: TensorFlow's import alone may take a minute on a busy machine
                 self.run(warmup, timeout=startup_timeout, cancellable=True)
-        except Exception as exc:  # noqa: BLE001 - boundary: whatever failed, this kernel is unusable
-            detail = "" if isinstance(exc, KernelCancelled) else self.stderr_tail()
+        except KernelCancelled:
             self.shutdown()
-            if isinstance(exc, KernelCancelled):
-                raise
+            raise
+        except Exception as exc:  # noqa: BLE001 - boundary: whatever failed, this kernel is unusable
+            detail = self.stderr_tail()
+            self.shutdown()
             raise KernelError(f"could not start a kernel on {sys.executable}: {exc}"
                               + (f"\n{detail}" if detail else "")) from None
         log.debug("kernel started in %.1f s", time.monotonic() - started)
